@@ -1,0 +1,273 @@
+"""All configuration dataclasses, validated on construction, and the one bridge from Flower's
+kebab-case ``run_config`` to them.
+
+Defaults live here; ``[tool.flwr.app.config]`` in ``pyproject.toml`` mirrors them (a unit test
+checks that the two agree).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, get_args, get_origin
+
+from fedunlearn.errors import ConfigError
+from fedunlearn.types import PartitionKind, SelectorName, ValueDtype
+
+PARTITION_KINDS: tuple[str, ...] = get_args(PartitionKind)
+SELECTOR_NAMES: tuple[str, ...] = get_args(SelectorName)
+VALUE_DTYPES: tuple[str, ...] = get_args(ValueDtype)
+
+
+def _key(name: str) -> dict[str, str]:
+    """Field metadata naming the run-config key when it is not the kebab-case field name."""
+    return {"run_config_key": name}
+
+
+class _Checks:
+    """Collects validation problems so a config reports all of them at once."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def require(self, ok: bool, message: str) -> None:
+        if not ok:
+            self.problems.append(message)
+
+    def in_range(self, name: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
+        lower_ok = value > low if low_open else value >= low
+        bracket = "(" if low_open else "["
+        self.require(
+            lower_ok and value <= high and not math.isnan(value),
+            f"{name} must be in {bracket}{low}, {high}], got {value}",
+        )
+
+    def positive(self, name: str, value: float) -> None:
+        self.require(value > 0, f"{name} must be > 0, got {value}")
+
+    def non_negative(self, name: str, value: float) -> None:
+        self.require(value >= 0, f"{name} must be >= 0, got {value}")
+
+    def one_of(self, name: str, value: str, allowed: tuple[str, ...]) -> None:
+        self.require(value in allowed, f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+    def raise_if_any(self) -> None:
+        if self.problems:
+            raise ConfigError(self.problems)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, where its files are, and how it is split over clients.
+
+    ``samples_per_client`` and ``test_samples`` cap sizes for quick runs (None: all).
+    """
+
+    dataset: str = "mnist"
+    root: str | None = field(default=None, metadata=_key("data-root"))
+    num_clients: int = 5
+    partition: PartitionKind = "iid"
+    dirichlet_alpha: float = 0.5
+    classes_per_client: int = 2
+    samples_per_client: int | None = None
+    test_samples: int | None = None
+    download: bool = False
+
+    def __post_init__(self) -> None:
+        checks = _Checks()
+        checks.require(bool(self.dataset), "dataset must be a non-empty name, got ''")
+        checks.require(self.num_clients >= 1, f"num_clients must be >= 1, got {self.num_clients}")
+        checks.one_of("partition", self.partition, PARTITION_KINDS)
+        checks.positive("dirichlet_alpha", self.dirichlet_alpha)
+        checks.require(self.classes_per_client >= 1, f"classes_per_client must be >= 1, got {self.classes_per_client}")
+        for name in ("samples_per_client", "test_samples"):
+            value = getattr(self, name)
+            checks.require(value is None or value >= 1, f"{name} must be >= 1 or None, got {value}")
+        checks.raise_if_any()
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local training on each client: model architecture and plain SGD settings."""
+
+    model: str = "lenet"
+    local_epochs: int = 1
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        checks = _Checks()
+        checks.require(bool(self.model), "model must be a non-empty name, got ''")
+        checks.require(self.local_epochs >= 1, f"local_epochs must be >= 1, got {self.local_epochs}")
+        checks.require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        checks.positive("lr", self.lr)
+        checks.in_range("momentum", self.momentum, 0.0, 1.0)
+        checks.non_negative("weight_decay", self.weight_decay)
+        checks.require(
+            self.device in ("auto", "cpu") or self.device.startswith("cuda"),
+            f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}",
+        )
+        checks.raise_if_any()
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    """What each client records of its local steps (the pruned layer-wise update history).
+
+    ``keep_ratio`` is rho in ALGORITHMS.md: the fraction of each layer's entries kept per
+    step (1.0 = full, conventional amnesiac storage). ``selector`` picks which entries:
+    largest magnitude (``topk``) or uniformly at random (``random``, for ablation).
+    """
+
+    keep_ratio: float = 0.1
+    selector: SelectorName = field(default="topk", metadata=_key("history-selector"))
+    value_dtype: ValueDtype = field(default="float32", metadata=_key("history-dtype"))
+    enabled: bool = field(default=True, metadata=_key("record-history"))
+
+    def __post_init__(self) -> None:
+        checks = _Checks()
+        checks.in_range("keep_ratio", self.keep_ratio, 0.0, 1.0, low_open=True)
+        checks.one_of("selector", self.selector, SELECTOR_NAMES)
+        checks.one_of("value_dtype", self.value_dtype, VALUE_DTYPES)
+        checks.raise_if_any()
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """One federated run: rounds, sampling, where client state and results go, and the
+    nested data / training / history configs."""
+
+    num_rounds: int = field(default=3, metadata=_key("num-server-rounds"))
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    seed: int = 0
+    state_root: str = ".fedunlearn/state"
+    out_dir: str | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+
+    def __post_init__(self) -> None:
+        checks = _Checks()
+        checks.require(self.num_rounds >= 1, f"num_rounds must be >= 1, got {self.num_rounds}")
+        checks.in_range("fraction_train", self.fraction_train, 0.0, 1.0, low_open=True)
+        checks.in_range("fraction_evaluate", self.fraction_evaluate, 0.0, 1.0)
+        checks.require(bool(self.state_root), "state_root must be a non-empty path")
+        checks.raise_if_any()
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> FederationConfig:
+        """Build from Flower's kebab-case ``run_config`` (unknown keys are an error)."""
+        return from_run_config(cls, run_config)
+
+    def to_run_config(self) -> dict[str, bool | int | float | str]:
+        """The flat kebab-case mapping ``from_run_config`` reads (None values left out)."""
+        return to_run_config(self)
+
+
+# --------------------------------------------------------------------------- run_config bridge
+
+
+
+def _run_config_keys(config_type: type) -> dict[str, tuple[tuple[str, ...], Any]]:
+    """Map each run-config key to the attribute path and type of the field it sets."""
+    keys: dict[str, tuple[tuple[str, ...], Any]] = {}
+    hints = typing.get_type_hints(config_type)
+    for f in dataclasses.fields(config_type):
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            for key, (path, sub_hint) in _run_config_keys(typing.cast(type, hint)).items():
+                keys[key] = ((f.name, *path), sub_hint)
+            continue
+        key = f.metadata.get("run_config_key", f.name.replace("_", "-"))
+        if key in keys:
+            raise AssertionError(f"run-config key {key!r} is used twice in {config_type.__name__}")
+        keys[key] = ((f.name,), hint)
+    return keys
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Convert a run-config scalar to a field's type, or raise a ConfigError naming the key."""
+    origin = get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        options = [a for a in get_args(hint) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
+            return None
+        return _coerce(key, value, options[0])
+    if origin is typing.Literal:
+        return str(value)
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                lowered = value.lower()
+                if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return lowered in ("true", "1", "yes")
+            return bool(value)
+        if hint is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if hint is float:
+            return float(value)
+        if hint is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"run-config key {key!r} expects {getattr(hint, '__name__', hint)}, got {value!r}") from None
+    return value
+
+
+def from_run_config(config_type: type[Any], run_config: Mapping[str, Any]) -> Any:
+    """Build ``config_type`` (a dataclass, possibly nested) from kebab-case keys.
+
+    This is the only place where run-config keys meet dataclass fields. Unknown keys and
+    values of the wrong type are collected and raised together as one ConfigError.
+    """
+    keys = _run_config_keys(config_type)
+    problems: list[str] = []
+    values: dict[tuple[str, ...], Any] = {}
+    for key, raw in run_config.items():
+        if key not in keys:
+            problems.append(f"unknown run-config key {key!r}; known keys: {', '.join(sorted(keys))}")
+            continue
+        path, hint = keys[key]
+        try:
+            values[path] = _coerce(key, raw, hint)
+        except ConfigError as err:
+            problems.extend(err.problems)
+    if problems:
+        raise ConfigError(problems)
+    return _build(config_type, values, ())
+
+
+def _build(config_type: type[Any], values: Mapping[tuple[str, ...], Any], prefix: tuple[str, ...]) -> Any:
+    hints = typing.get_type_hints(config_type)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(config_type):
+        path = (*prefix, f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            kwargs[f.name] = _build(hints[f.name], values, path)
+        elif path in values:
+            kwargs[f.name] = values[path]
+    return config_type(**kwargs)
+
+
+def to_run_config(config: Any) -> dict[str, bool | int | float | str]:
+    """Flatten a (nested) config dataclass to kebab-case run-config keys, None left out."""
+    flat: dict[str, bool | int | float | str] = {}
+    for key, (path, _hint) in _run_config_keys(type(config)).items():
+        value: Any = config
+        for name in path:
+            value = getattr(value, name)
+        if value is not None:
+            flat[key] = value
+    return flat

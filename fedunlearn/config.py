@@ -140,9 +140,75 @@ class HistoryConfig:
 
 
 @dataclass(frozen=True)
+class UnlearnConfig:
+    """How a deletion request is served: the method and its knobs (ALGORITHMS.md notation).
+
+    Shared by all methods; each reads the fields it needs (see its docstring).
+    - step methods (label-flip, gradient ascent, random-label, fine-tune): ``lr``, ``epochs``,
+      ``max_steps``, ``batch_size``; partial versions select ``select_ratio`` of each layer's
+      step with ``selector``; ``target_fa`` stops ascent early once FA reaches it;
+    - amnesiac: ``finetune_epochs`` of CE on retained data afterwards (0 = none);
+    - SFR-on (Huang et al. 2024, official code defaults scaled down): ``sfr_iters`` (n_iters),
+      ``forget_freq``, ``temperature`` (lambda), ``forget_scale`` (a_0 in a_t), ``clip_norm``,
+      ``saliency`` (mask rule), ``saliency_gamma``, ``sfr_lr``, ``momentum``, ``weight_decay``;
+    - federated phase: ``outer_steps`` (I), ``remain_steps`` (K local CE steps per remaining
+      client), ``remain_fraction`` of remaining clients sampled, ``alpha`` (Lookahead outer
+      step, 1 = off), ``apply_scale`` (server multiplies the forgetting client's change by it).
+    """
+
+    method: str = field(default="partial_amnesiac", metadata=_key("unlearn-method"))
+    lr: float = field(default=0.01, metadata=_key("unlearn-lr"))
+    epochs: int = field(default=5, metadata=_key("unlearn-epochs"))
+    max_steps: int | None = field(default=None, metadata=_key("unlearn-max-steps"))
+    batch_size: int = field(default=64, metadata=_key("unlearn-batch-size"))
+    select_ratio: float = field(default=0.1, metadata=_key("unlearn-select-ratio"))
+    selector: SelectorName = field(default="topk", metadata=_key("unlearn-selector"))
+    target_fa: float | None = field(default=None, metadata=_key("unlearn-target-fa"))
+    finetune_epochs: int = field(default=0, metadata=_key("unlearn-finetune-epochs"))
+    sfr_iters: int = field(default=150, metadata=_key("sfr-iters"))
+    forget_freq: int = field(default=5, metadata=_key("sfr-forget-freq"))
+    temperature: float = field(default=0.5, metadata=_key("sfr-temperature"))
+    forget_scale: float = field(default=25.0, metadata=_key("sfr-forget-scale"))
+    clip_norm: float = field(default=7.0, metadata=_key("sfr-clip-norm"))
+    saliency: str = field(default="fisher", metadata=_key("sfr-saliency"))
+    saliency_gamma: float = field(default=1.0, metadata=_key("sfr-saliency-gamma"))
+    sfr_lr: float = field(default=0.01, metadata=_key("sfr-lr"))
+    momentum: float = field(default=0.9, metadata=_key("sfr-momentum"))
+    weight_decay: float = field(default=5e-4, metadata=_key("sfr-weight-decay"))
+    outer_steps: int = field(default=3, metadata=_key("unlearn-outer-steps"))
+    remain_steps: int = field(default=5, metadata=_key("unlearn-remain-steps"))
+    remain_fraction: float = field(default=1.0, metadata=_key("unlearn-remain-fraction"))
+    alpha: float = field(default=1.0, metadata=_key("unlearn-alpha"))
+    apply_scale: float = field(default=1.0, metadata=_key("unlearn-apply-scale"))
+
+    def __post_init__(self) -> None:
+        checks = _Checks()
+        checks.require(bool(self.method), "method must be a non-empty name, got ''")
+        for name in ("lr", "sfr_lr", "temperature", "clip_norm", "saliency_gamma", "apply_scale"):
+            checks.positive(name, getattr(self, name))
+        for name in ("epochs", "batch_size", "sfr_iters", "forget_freq", "outer_steps"):
+            checks.require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("finetune_epochs", "remain_steps", "forget_scale", "weight_decay"):
+            checks.non_negative(name, getattr(self, name))
+        checks.require(self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1 or None, got {self.max_steps}")
+        checks.in_range("select_ratio", self.select_ratio, 0.0, 1.0, low_open=True)
+        checks.one_of("selector", self.selector, SELECTOR_NAMES)
+        checks.require(self.target_fa is None or 0.0 <= self.target_fa <= 1.0, f"target_fa must be in [0, 1] or None, got {self.target_fa}")
+        checks.in_range("momentum", self.momentum, 0.0, 1.0)
+        checks.in_range("remain_fraction", self.remain_fraction, 0.0, 1.0)
+        checks.in_range("alpha", self.alpha, 0.0, 1.0, low_open=True)
+        checks.raise_if_any()
+
+
+@dataclass(frozen=True)
 class FederationConfig:
     """One federated run: rounds, sampling, where client state and results go, and the
-    nested data / training / history configs."""
+    nested data / training / history configs.
+
+    ``client_threads`` sets torch's thread count in each ClientApp (0: torch's default;
+    simulations use 1 so that parallel virtual clients do not oversubscribe the cores).
+    ``round_timeout`` bounds how long the server waits for replies in each exchange.
+    """
 
     num_rounds: int = field(default=3, metadata=_key("num-server-rounds"))
     fraction_train: float = 1.0
@@ -150,9 +216,12 @@ class FederationConfig:
     seed: int = 0
     state_root: str = ".fedunlearn/state"
     out_dir: str | None = None
+    round_timeout: float = 600.0
+    client_threads: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
+    unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
 
     def __post_init__(self) -> None:
         checks = _Checks()
@@ -160,12 +229,15 @@ class FederationConfig:
         checks.in_range("fraction_train", self.fraction_train, 0.0, 1.0, low_open=True)
         checks.in_range("fraction_evaluate", self.fraction_evaluate, 0.0, 1.0)
         checks.require(bool(self.state_root), "state_root must be a non-empty path")
+        checks.positive("round_timeout", self.round_timeout)
+        checks.non_negative("client_threads", self.client_threads)
         checks.raise_if_any()
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> FederationConfig:
         """Build from Flower's kebab-case ``run_config`` (unknown keys are an error)."""
-        return from_run_config(cls, run_config)
+        config: FederationConfig = from_run_config(cls, run_config)
+        return config
 
     def to_run_config(self) -> dict[str, bool | int | float | str]:
         """The flat kebab-case mapping ``from_run_config`` reads (None values left out)."""
@@ -250,14 +322,21 @@ def from_run_config(config_type: type[Any], run_config: Mapping[str, Any]) -> An
 
 
 def _build(config_type: type[Any], values: Mapping[tuple[str, ...], Any], prefix: tuple[str, ...]) -> Any:
+    """Construct nested configs bottom-up; every nested config's problems are reported together."""
     hints = typing.get_type_hints(config_type)
     kwargs: dict[str, Any] = {}
+    problems: list[str] = []
     for f in dataclasses.fields(config_type):
         path = (*prefix, f.name)
         if dataclasses.is_dataclass(hints[f.name]):
-            kwargs[f.name] = _build(hints[f.name], values, path)
+            try:
+                kwargs[f.name] = _build(hints[f.name], values, path)
+            except ConfigError as err:
+                problems.extend(err.problems)
         elif path in values:
             kwargs[f.name] = values[path]
+    if problems:
+        raise ConfigError(problems)
     return config_type(**kwargs)
 
 
@@ -271,3 +350,47 @@ def to_run_config(config: Any) -> dict[str, bool | int | float | str]:
         if value is not None:
             flat[key] = value
     return flat
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """What a SuperNode says about its own site (Flower ``node_config``), never the server.
+
+    In simulation Flower sets ``partition-id`` and ``num-partitions``; a deployed hospital
+    node passes them (and its own ``state-dir`` / ``data-root``) with ``--node-config``.
+    ``state_dir`` defaults to ``<state_root>/client-<partition_id>``.
+    """
+
+    partition_id: int
+    num_partitions: int
+    state_dir: str | None = None
+    data_root: str | None = None
+
+    def __post_init__(self) -> None:
+        checks = _Checks()
+        checks.require(self.num_partitions >= 1, f"num-partitions must be >= 1, got {self.num_partitions}")
+        checks.require(
+            0 <= self.partition_id < max(self.num_partitions, 1),
+            f"partition-id must be in [0, {self.num_partitions}), got {self.partition_id}",
+        )
+        checks.raise_if_any()
+
+    @staticmethod
+    def from_node_config(node_config: Mapping[str, Any]) -> NodeConfig:
+        """Parse Flower's node_config (kebab-case); missing partition keys are a ConfigError."""
+        missing = [k for k in ("partition-id", "num-partitions") if k not in node_config]
+        if missing:
+            raise ConfigError(
+                f"node_config lacks {', '.join(missing)}; start the SuperNode with "
+                "--node-config 'partition-id=<k> num-partitions=<n>'"
+            )
+        return NodeConfig(
+            partition_id=_coerce("partition-id", node_config["partition-id"], int),
+            num_partitions=_coerce("num-partitions", node_config["num-partitions"], int),
+            state_dir=_coerce("state-dir", node_config.get("state-dir"), str | None),
+            data_root=_coerce("data-root", node_config.get("data-root"), str | None),
+        )
+
+    def resolved_state_dir(self, federation: FederationConfig) -> str:
+        """This node's state directory (its own, or one under the run's state root)."""
+        return self.state_dir or f"{federation.state_root}/client-{self.partition_id}"

@@ -76,6 +76,10 @@ class UnlearningError(FedUnlearnError):
     whole data where the method needs retained data, nothing in the history to undo)."""
 
 
+class TrainingError(FedUnlearnError):
+    """Local training diverged (NaN/Inf loss); the model is not returned to the federation."""
+
+
 class ReplyError(FedUnlearnError):
     """A client's reply is invalid (missing record, wrong shapes, non-finite values) and
     was left out of aggregation."""

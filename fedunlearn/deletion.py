@@ -1,0 +1,200 @@
+"""Deletion requests, their durable queue on the client's disk, and deletion receipts.
+
+A request is a legal promise (GDPR Art. 17): once accepted it is written atomically to
+``<state dir>/requests/`` and stays there until it is served (a receipt is written) or
+fails (the reason is kept and the request stays pending). Sample ids never leave the
+client: receipts carry a SHA-256 of the sorted ids, not the ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import numpy as np
+
+from fedunlearn.errors import DeletionRequestError
+from fedunlearn.atomic import save_npy_atomic, write_json_atomic
+from fedunlearn.types import DeletionKind, SampleIds
+
+logger = logging.getLogger(__name__)
+
+RequestStatus = Literal["pending", "served"]
+DELETION_KINDS: tuple[str, ...] = get_args(DeletionKind)
+MAX_REQUEST_IDS = 10_000_000
+
+
+@dataclass(frozen=True)
+class DeletionRequest:
+    """What a data owner asked to forget on one client.
+
+    ``sample_ids`` for kind ``sample``; ``label`` for kind ``class``; nothing for ``client``.
+    ``attempts`` and ``last_error`` record failed serving attempts (the request stays pending).
+    """
+
+    request_id: str
+    kind: DeletionKind
+    sample_ids: tuple[int, ...] = ()
+    label: int | None = None
+    created_at: float = 0.0
+    status: RequestStatus = "pending"
+    attempts: int = 0
+    last_error: str | None = None
+    served_at: float | None = None
+
+    def __post_init__(self) -> None:
+        problems = request_problems(self.kind, self.sample_ids, self.label)
+        if problems:
+            raise DeletionRequestError("; ".join(problems))
+
+    @staticmethod
+    def new(*, kind: DeletionKind, sample_ids: Iterable[int] = (), label: int | None = None) -> DeletionRequest:
+        """A fresh pending request with a random id (ids are de-duplicated and sorted)."""
+        ids = _clean_ids(sample_ids)
+        return DeletionRequest(uuid.uuid4().hex[:16], kind, ids, label, time.time())
+
+    def to_json(self) -> dict[str, Any]:
+        payload = asdict(self)
+        payload["sample_ids"] = list(self.sample_ids)
+        return payload
+
+    @staticmethod
+    def from_json(payload: dict[str, Any]) -> DeletionRequest:
+        try:
+            return DeletionRequest(**{**payload, "sample_ids": tuple(payload.get("sample_ids", ()))})
+        except TypeError as err:
+            raise DeletionRequestError(f"malformed deletion request record: {err}") from err
+
+
+def _clean_ids(sample_ids: Iterable[int]) -> tuple[int, ...]:
+    """Sorted unique ints; rejects non-integers, negatives and absurd sizes with clear errors."""
+    raw = list(sample_ids)
+    if len(raw) > MAX_REQUEST_IDS:
+        raise DeletionRequestError(f"a request may name at most {MAX_REQUEST_IDS} sample ids, got {len(raw)}")
+    bad = [v for v in raw if isinstance(v, bool) or not isinstance(v, (int, np.integer))]
+    if bad:
+        raise DeletionRequestError(f"sample ids must be integers, got {bad[:5]!r}")
+    ids = np.unique(np.asarray(raw, dtype=np.int64)) if raw else np.empty(0, np.int64)
+    if len(ids) and ids[0] < 0:
+        raise DeletionRequestError(f"sample ids must be >= 0, got {ids[ids < 0][:5].tolist()}")
+    return tuple(int(v) for v in ids)
+
+
+def request_problems(kind: str, sample_ids: Sequence[int], label: int | None) -> list[str]:
+    """What makes a request malformed (independent of any client's data)."""
+    if kind not in DELETION_KINDS:
+        return [f"kind must be one of {', '.join(DELETION_KINDS)}; got {kind!r}"]
+    if kind == "sample" and not sample_ids:
+        return ["a sample-level request needs at least one sample id"]
+    if kind != "sample" and sample_ids:
+        return [f"a {kind}-level request takes no sample ids (got {len(sample_ids)})"]
+    if kind == "class" and (label is None or isinstance(label, bool) or not isinstance(label, int) or label < 0):
+        return [f"a class-level request needs a label >= 0, got {label!r}"]
+    if kind != "class" and label is not None:
+        return [f"a {kind}-level request takes no label (got {label})"]
+    return []
+
+
+def ids_digest(sample_ids: SampleIds | Sequence[int]) -> str:
+    """SHA-256 of the sorted unique ids as little-endian int64: proves which ids, reveals none."""
+    ids = np.unique(np.asarray(sample_ids, dtype=np.int64)).astype("<i8")
+    return hashlib.sha256(ids.tobytes()).hexdigest()
+
+
+@dataclass
+class DeletionReceipt:
+    """Proof that a request was served: what kind, how many samples, which model changed."""
+
+    request_id: str
+    kind: str
+    num_samples: int
+    ids_sha256: str
+    model_digest_before: str
+    model_digest_after: str
+    server_round: int
+    method: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    messages: int = 0
+    served_at: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class DeletionQueue:
+    """Requests of one client, one JSON file each under ``<state dir>/requests``.
+
+    Every change is an atomic file replace, so a crash at any point leaves either the old
+    or the new record, never a torn one; the resolved ids of a served request are kept
+    (locally) so later training excludes them for good.
+    """
+
+    def __init__(self, state_dir: str | Path) -> None:
+        self.dir = Path(state_dir) / "requests"
+        self.receipts_dir = Path(state_dir) / "receipts"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.receipts_dir.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, request_id: str) -> Path:
+        if not request_id or not all(c.isalnum() or c in "-_" for c in request_id):
+            raise DeletionRequestError(f"request id must be alphanumeric (with - or _), got {request_id!r}")
+        return self.dir / f"{request_id}.json"
+
+    def submit(self, request: DeletionRequest) -> DeletionRequest:
+        """Store a new pending request durably; raises if its id already exists."""
+        path = self._path(request.request_id)
+        if path.exists():
+            raise DeletionRequestError(f"request {request.request_id} already exists in {self.dir}")
+        write_json_atomic(path, request.to_json())
+        logger.info("queued %s-level deletion request %s", request.kind, request.request_id)
+        return request
+
+    def get(self, request_id: str) -> DeletionRequest:
+        path = self._path(request_id)
+        if not path.exists():
+            raise DeletionRequestError(f"no deletion request {request_id!r} in {self.dir}")
+        try:
+            return DeletionRequest.from_json(json.loads(path.read_text(encoding="utf-8")))
+        except json.JSONDecodeError as err:
+            raise DeletionRequestError(f"request file {path} is not valid JSON ({err}); restore it from backup") from err
+
+    def all(self) -> list[DeletionRequest]:
+        """Every request, oldest first."""
+        requests = [self.get(p.stem) for p in self.dir.glob("*.json")]
+        return sorted(requests, key=lambda r: (r.created_at, r.request_id))
+
+    def pending(self) -> list[DeletionRequest]:
+        return [r for r in self.all() if r.status == "pending"]
+
+    def record_failure(self, request_id: str, reason: str) -> DeletionRequest:
+        """Keep the request pending, remembering why serving it failed."""
+        current = self.get(request_id)
+        updated = replace(current, attempts=current.attempts + 1, last_error=reason)
+        write_json_atomic(self._path(request_id), updated.to_json())
+        return updated
+
+    def mark_served(self, request_id: str, *, resolved_ids: SampleIds, receipt: DeletionReceipt) -> DeletionRequest:
+        """Write the forgotten ids and the receipt first, then flip the status (crash-safe order)."""
+        save_npy_atomic(self.dir / f"{request_id}.forgotten.npy", np.asarray(resolved_ids, dtype=np.int64))
+        write_json_atomic(self.receipts_dir / f"{request_id}.json", receipt.to_json())
+        updated = replace(self.get(request_id), status="served", served_at=receipt.served_at, last_error=None)
+        write_json_atomic(self._path(request_id), updated.to_json())
+        return updated
+
+    def forgotten_ids(self) -> SampleIds:
+        """All ids of served requests: excluded from every later training round."""
+        parts = [np.load(p) for p in sorted(self.dir.glob("*.forgotten.npy"))]
+        return np.unique(np.concatenate(parts)).astype(np.int64) if parts else np.empty(0, np.int64)
+
+    def receipts(self) -> list[dict[str, Any]]:
+        """Receipts of served requests, oldest first."""
+        rows = [json.loads(p.read_text(encoding="utf-8")) for p in self.receipts_dir.glob("*.json")]
+        return sorted(rows, key=lambda r: r.get("served_at", 0.0))

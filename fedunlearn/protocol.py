@@ -1,0 +1,61 @@
+"""Message types and record keys of the fedunlearn protocol: the only place they are spelled.
+
+Pure constants (no Flower import), so the core, the ClientApp and the ServerApp agree by
+construction. Message types follow Flower's ``<category>.<action>`` routing.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# ------------------------------------------------------------------------- message types
+#: FedAvg round: train locally from the global weights while recording the history.
+TRAIN: Final = "train"
+#: Local evaluation of the global weights on the client's retained training data.
+EVALUATE: Final = "evaluate"
+#: Start-of-run handshake and between-round poll: partition id, pending deletions.
+QUERY_STATUS: Final = "query.status"
+#: Remaining clients: diagonal empirical Fisher of the CE loss on their retained data.
+QUERY_FISHER: Final = "query.fisher"
+#: Forgetting client: its fast forgetting correction (amnesiac / label-flip / ascent / SFR).
+TRAIN_FORGET: Final = "train.forget"
+#: Any client with retained data: slow remain-preserving descent steps from given weights.
+TRAIN_REMAIN: Final = "train.remain"
+#: Verification of an unlearning phase: FA / MIA on the forgetting client, RA elsewhere.
+EVALUATE_VERIFY: Final = "evaluate.verify"
+#: End of a phase: the forgetting client marks the request served (or failed), purges the
+#: history entries it spent, and stores the receipt.
+QUERY_COMMIT: Final = "query.commit"
+
+# ----------------------------------------------------------------------------- record keys
+ARRAYS: Final = "arrays"  # ArrayRecord: model weights or a correction
+CONFIG: Final = "config"  # ConfigRecord: instructions from the server
+METRICS: Final = "metrics"  # MetricRecord: numbers for aggregation/logging
+STATUS: Final = "status"  # ConfigRecord in replies: client-side state worth announcing
+ROUND_WEIGHTS: Final = "round-weights"  # ConfigRecord server->client: FedAvg weights per round
+RECEIPT: Final = "receipt"  # ConfigRecord: a deletion receipt (JSON text)
+
+# ------------------------------------------------------------------ keys inside the records
+SERVER_ROUND: Final = "server-round"
+NUM_EXAMPLES: Final = "num-examples"  # FedAvg weighting key (Flower's default name)
+TRAIN_LOSS: Final = "train-loss"
+EVAL_LOSS: Final = "eval-loss"
+EVAL_ACCURACY: Final = "eval-acc"
+PENDING_DELETIONS: Final = "pending-deletions"  # always present, so metric keys never differ
+HISTORY_BYTES: Final = "history-bytes"
+HISTORY_DENSE_BYTES: Final = "history-dense-bytes"
+HISTORY_ROUND_BYTES: Final = "history-round-bytes"
+FEDERATION: Final = "federation"  # ConfigRecord server->client: the run config (kebab-case)
+PARTITION_ID: Final = "partition-id"
+NUM_PARTITIONS: Final = "num-partitions"
+ROUNDS: Final = "rounds"
+WEIGHTS: Final = "weights"
+SEED: Final = "seed"
+REQUEST_ID: Final = "request-id"
+REQUEST_IDS: Final = "request-ids"
+REQUEST_KIND: Final = "request-kind"
+PHASE: Final = "phase"
+STEP: Final = "step"
+OUTCOME: Final = "outcome"
+REASON: Final = "reason"
+RECEIPT_JSON: Final = "receipt-json"

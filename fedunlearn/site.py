@@ -1,0 +1,149 @@
+"""A client's local world: its data share, its state directory, its history and requests.
+
+Everything here stays on the client. The Flower ClientApp only decodes messages, calls a
+``ClientSite`` method and encodes the reply; the same class serves simulations, deployed
+SuperNodes and the ``fedunlearn forget`` CLI (which works on the state directory alone).
+
+State directory layout::
+
+    site.json                  dataset, partition id, number of samples (for the CLI)
+    sample_ids.npy             the ids this client holds (validates deletion requests)
+    requests/<id>.json         durable deletion requests (+ <id>.forgotten.npy when served)
+    receipts/<id>.json         deletion receipts
+    history/<lineage>/         the pruned update history of one model lineage (one run)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedunlearn.atomic import save_npy_atomic, write_json_atomic
+from fedunlearn.config import FederationConfig
+from fedunlearn.data import IndexedDataset, build_federated_data
+from fedunlearn.deletion import DeletionQueue
+from fedunlearn.history import HistoryStore, StorageUsage
+from fedunlearn.metrics import EvalResult, evaluate_loss_accuracy
+from fedunlearn.models import build_model
+from fedunlearn.training import TrainResult, train_local
+from fedunlearn.types import SampleIds, StateDict
+
+logger = logging.getLogger(__name__)
+
+SITE_FILE = "site.json"
+SAMPLE_IDS_FILE = "sample_ids.npy"
+
+
+def round_seed(seed: int, partition_id: int, server_round: int) -> int:
+    """The local-training seed of one client in one round (RT reuses exactly these)."""
+    return (seed * 1_000_003 + partition_id * 10_007 + server_round) % (2**63 - 1)
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    """What a client's local round produced: new weights, training stats, history size."""
+
+    state: StateDict
+    train: TrainResult
+    usage: StorageUsage
+    round_bytes: int
+
+
+class ClientSite:
+    """One client: data share, deletion queue and update history under ``state_dir``."""
+
+    def __init__(
+        self, *, config: FederationConfig, partition_id: int, state_dir: str | Path, lineage: str,
+        dataset: IndexedDataset, test: IndexedDataset, input_shape: tuple[int, ...],
+    ) -> None:
+        self.config, self.partition_id = config, partition_id
+        self.state_dir = Path(state_dir)
+        self.lineage = lineage
+        self.dataset, self.test, self.input_shape = dataset, test, input_shape
+        self.queue = DeletionQueue(self.state_dir)
+        self._write_site_files()
+
+    @classmethod
+    def open(cls, *, config: FederationConfig, partition_id: int, state_dir: str | Path, lineage: str) -> ClientSite:
+        """Load this client's share of the configured dataset (same partition on every client)."""
+        data = build_federated_data(config.data, seed=config.seed)
+        return cls(
+            config=config, partition_id=partition_id, state_dir=state_dir, lineage=lineage,
+            dataset=data.client_train(partition_id), test=data.test, input_shape=data.bundle.input_shape,
+        )
+
+    # ------------------------------------------------------------------------ files
+    def _write_site_files(self) -> None:
+        """Record which ids this client holds, so the CLI can validate requests offline."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        info = {"dataset": self.config.data.dataset, "partition_id": self.partition_id, "num_samples": len(self.dataset),
+                "num_classes": self.dataset.num_classes}
+        site_path = self.state_dir / SITE_FILE
+        if not site_path.exists() or json.loads(site_path.read_text(encoding="utf-8")) != info:
+            save_npy_atomic(self.state_dir / SAMPLE_IDS_FILE, self.dataset.ids())
+            write_json_atomic(site_path, info)
+
+    @property
+    def history_dir(self) -> Path:
+        return self.state_dir / "history" / self.lineage
+
+    # ------------------------------------------------------------------------ model & data
+    def build_model(self, state: StateDict | None = None) -> nn.Module:
+        """The federation's architecture, optionally loaded with ``state``."""
+        model = build_model(self.config.train.model, input_shape=self.input_shape, num_classes=self.dataset.num_classes)
+        if state is not None:
+            model.load_state_dict(state)
+        return model
+
+    def history(self, model: nn.Module) -> HistoryStore:
+        """This lineage's history store (created on first use)."""
+        return HistoryStore.for_model(self.history_dir, model=model, config=self.config.history)
+
+    def forgotten_ids(self) -> SampleIds:
+        """Ids of served deletion requests: never trained on again."""
+        return self.queue.forgotten_ids()
+
+    def retained(self) -> IndexedDataset:
+        """This client's training data minus everything forgotten so far."""
+        forgotten = self.forgotten_ids()
+        return self.dataset.without_ids(forgotten) if len(forgotten) else self.dataset
+
+    # ------------------------------------------------------------------------ FedAvg round
+    def train_round(self, state: StateDict, *, server_round: int) -> RoundOutcome:
+        """Train locally from the global ``state`` on retained data, recording the history.
+
+        The round's history is committed before the reply leaves, so a crash never leaves
+        an update in the global model that the history does not know about.
+        """
+        model = self.build_model(state)
+        data = self.retained()
+        seed = round_seed(self.config.seed, self.partition_id, server_round)
+        if not self.config.history.enabled:
+            result = train_local(model, data, config=self.config.train, seed=seed)
+            return RoundOutcome(model.state_dict(), result, StorageUsage(0, 0, 0, ()), 0)
+        store = self.history(model)
+        with store.record_round(server_round, generator=torch.Generator().manual_seed(seed)) as recorder:
+            result = train_local(model, data, config=self.config.train, seed=seed, observer=recorder)
+        usage = store.usage()
+        round_bytes = next((r.bytes for r in usage.rounds if r.round == server_round), 0)
+        return RoundOutcome(model.state_dict(), result, usage, round_bytes)
+
+    def record_round_weights(self, rounds: list[int], weights: list[float]) -> None:
+        """Store the FedAvg weights the server reports (idempotent; unknown rounds ignored)."""
+        if not self.config.history.enabled or not rounds or not self.history_dir.exists():
+            return
+        store = HistoryStore.for_model(self.history_dir, model=self.build_model(), config=self.config.history)
+        stored = {row.round: row.weight for row in store.usage().rounds}
+        for r, w in zip(rounds, weights, strict=True):
+            if r in stored and stored[r] != w:
+                store.set_round_weight(r, w)
+
+    def evaluate(self, state: StateDict) -> EvalResult:
+        """Loss and accuracy of ``state`` on this client's retained training data."""
+        return evaluate_loss_accuracy(self.build_model(state), self.retained())

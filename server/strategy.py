@@ -1,0 +1,127 @@
+"""UnlearningFedAvg: Flower's FedAvg with the hooks fedunlearn needs, and nothing else.
+
+Overrides only the configure/aggregate hooks (as Flower's FedProx does):
+- messages carry the federation config and each node's FedAvg weights of past rounds, so a
+  client can scale its stored deltas by ``w_k^r`` when it later unlearns;
+- node sampling is seeded by round over partition ids, so a retrain (RT) run samples
+  exactly the same clients;
+- every reply is checked (keys, shapes, finite values) before aggregation and bad ones are
+  left out with a log line, never averaged in.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from logging import INFO, WARNING
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from fedunlearn import protocol
+from fedunlearn.aggregation import check_state, fedavg_weights
+from fedunlearn.config import FederationConfig
+
+
+class UnlearningFedAvg(FedAvg):
+    """FedAvg that tells clients their aggregation weights and validates every reply."""
+
+    def __init__(self, config: FederationConfig, *, reference: ArrayRecord) -> None:
+        num_clients = config.data.num_clients
+        super().__init__(
+            fraction_train=config.fraction_train,
+            fraction_evaluate=config.fraction_evaluate,
+            min_train_nodes=max(1, round(config.fraction_train * num_clients)),
+            min_evaluate_nodes=max(0, round(config.fraction_evaluate * num_clients)),
+            min_available_nodes=num_clients,
+            weighted_by_key=protocol.NUM_EXAMPLES,
+            arrayrecord_key=protocol.ARRAYS,
+            configrecord_key=protocol.CONFIG,
+        )
+        self.config = config
+        self.reference_keys = reference.to_torch_state_dict()
+        self.partition_of: dict[int, int] = {}  # Flower node_id -> our partition_id
+        self.round_weights: dict[int, dict[int, float]] = {}  # node_id -> round -> w_k^r
+        self.last_train_replies: list[Message] = []
+
+    # ---------------------------------------------------------------- message construction
+    def federation_record(self) -> ConfigRecord:
+        """The run's config as sent to clients (they build the same dataclasses from it)."""
+        return ConfigRecord(dict(self.config.to_run_config()))
+
+    def weights_record(self, node_id: int) -> ConfigRecord:
+        """All FedAvg weights this node's updates had so far (idempotent on the client)."""
+        weights = self.round_weights.get(node_id, {})
+        rounds = sorted(weights)
+        return ConfigRecord({protocol.ROUNDS: rounds, protocol.WEIGHTS: [weights[r] for r in rounds]})
+
+    def build_message(self, node_id: int, message_type: str, *, arrays: ArrayRecord | None, config: ConfigRecord) -> Message:
+        """One message with the federation config and the node's round weights attached."""
+        content = RecordDict({protocol.CONFIG: ConfigRecord(dict(config)), protocol.FEDERATION: self.federation_record(),
+                              protocol.ROUND_WEIGHTS: self.weights_record(node_id)})
+        if arrays is not None:
+            content[protocol.ARRAYS] = arrays
+        return Message(content=content, message_type=message_type, dst_node_id=node_id)
+
+    def sample(self, server_round: int, fraction: float, grid: Grid) -> list[int]:
+        """Seeded sample of known nodes (by partition id), reproducible across runs."""
+        known = sorted((pid, nid) for nid, pid in self.partition_of.items() if nid in set(grid.get_node_ids()))
+        if fraction >= 1.0:
+            return [nid for _, nid in known]
+        count = max(1, round(fraction * len(known)))
+        picked = random.Random(self.config.seed * 100_003 + server_round).sample(known, count)
+        return [nid for _, nid in sorted(picked)]
+
+    # --------------------------------------------------------------------------- hooks
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        """Seeded sampling; each message carries the config and the node's round weights."""
+        round_config = ConfigRecord({**dict(config), protocol.SERVER_ROUND: server_round})
+        nodes = self.sample(server_round, self.fraction_train, grid)
+        log(INFO, "configure_train: round %d, %d of %d clients", server_round, len(nodes), len(self.partition_of))
+        return [self.build_message(n, protocol.TRAIN, arrays=arrays, config=round_config) for n in nodes]
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        """Evaluation messages also deliver the weights of the round just aggregated."""
+        if self.fraction_evaluate == 0.0:
+            return []
+        round_config = ConfigRecord({**dict(config), protocol.SERVER_ROUND: server_round})
+        nodes = self.sample(server_round, self.fraction_evaluate, grid)
+        return [self.build_message(n, protocol.EVALUATE, arrays=arrays, config=round_config) for n in nodes]
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Drop invalid replies, FedAvg the rest, and remember each node's weight."""
+        valid = self.valid_train_replies(list(replies))
+        self.last_train_replies = valid
+        if not valid:
+            return None, None
+        arrays, metrics = super().aggregate_train(server_round, valid)
+        counts = [float(m.content[protocol.METRICS][protocol.NUM_EXAMPLES]) for m in valid]
+        for message, weight in zip(valid, fedavg_weights(counts), strict=True):
+            self.round_weights.setdefault(message.metadata.src_node_id, {})[server_round] = weight
+        return arrays, metrics
+
+    def valid_train_replies(self, replies: list[Message]) -> list[Message]:
+        """Replies fit to aggregate; errors and malformed content are logged and left out."""
+        valid: list[Message] = []
+        for message in replies:
+            problems = self.reply_problems(message)
+            if problems:
+                log(WARNING, "Leaving out reply of node %d: %s", message.metadata.src_node_id, "; ".join(problems))
+            else:
+                valid.append(message)
+        return valid
+
+    def reply_problems(self, message: Message) -> list[str]:
+        """Why a train reply cannot be aggregated (empty list: it can)."""
+        if message.has_error():
+            return [f"client error: {message.error.reason}"]
+        content = message.content
+        if protocol.ARRAYS not in content.array_records or protocol.METRICS not in content.metric_records:
+            return [f"expected records '{protocol.ARRAYS}' and '{protocol.METRICS}', got {list(content.keys())}"]
+        metrics = content[protocol.METRICS]
+        count = metrics.get(protocol.NUM_EXAMPLES)
+        if not isinstance(count, (int, float)) or count <= 0:
+            return [f"'{protocol.NUM_EXAMPLES}' must be a positive number, got {count!r}"]
+        return check_state(content[protocol.ARRAYS].to_torch_state_dict(), self.reference_keys)

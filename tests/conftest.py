@@ -1,0 +1,34 @@
+"""Test-wide defaults: the shared real data, quiet Flower, a seeded torch, markers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+if "FEDUNLEARN_DATA" not in os.environ and SHARED_DATA.is_dir():
+    os.environ["FEDUNLEARN_DATA"] = str(SHARED_DATA)
+
+
+@pytest.fixture
+def generator() -> torch.Generator:
+    """A seeded torch generator for synthetic tensors."""
+    return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The real data folder (MNIST); tests needing it fail loudly if it is absent."""
+    root = Path(os.environ["FEDUNLEARN_DATA"])
+    assert (root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists(), (
+        f"real MNIST not found under {root}; set FEDUNLEARN_DATA to the shared data folder"
+    )
+    return root

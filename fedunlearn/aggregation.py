@@ -93,3 +93,30 @@ def state_digest(state: TensorMap) -> str:
         h.update(str(t.dtype).encode())
         h.update(t.numpy().tobytes())
     return h.hexdigest()
+
+
+def fast_slow_step(
+    theta: TensorMap,
+    forget_delta: Mapping[str, torch.Tensor],
+    remain_deltas: Sequence[Mapping[str, torch.Tensor]],
+    remain_weights: Sequence[float],
+    *,
+    apply_scale: float = 1.0,
+    alpha: float = 1.0,
+) -> StateDict:
+    """One outer step of the federated fast-slow update (ALGORITHMS.md, "Federated fast-slow
+    aggregation"):
+
+    ``theta_fast = theta + apply_scale * Delta_forget`` (fast, the forgetting client),
+    ``theta_slow = theta_fast + sum_j w_j Delta_j`` (slow: FedAvg of remain corrections made
+    from theta_fast, weights normalized), ``theta' = theta + alpha * (theta_slow - theta)``
+    (Lookahead-style outer step; alpha = 1, the default, returns theta_slow).
+    """
+    fast = add_scaled(theta, forget_delta, apply_scale)
+    slow = fast
+    if remain_deltas:
+        weights = fedavg_weights(list(remain_weights))
+        slow = add_scaled(fast, weighted_sum(list(remain_deltas), weights), 1.0)
+    if alpha == 1.0:
+        return slow
+    return add_scaled(theta, difference(slow, theta), alpha)

@@ -153,7 +153,9 @@ class UnlearnConfig:
       ``saliency`` (mask rule), ``saliency_gamma``, ``sfr_lr``, ``momentum``, ``weight_decay``;
     - federated phase: ``outer_steps`` (I), ``remain_steps`` (K local CE steps per remaining
       client), ``remain_fraction`` of remaining clients sampled, ``alpha`` (Lookahead outer
-      step, 1 = off), ``apply_scale`` (server multiplies the forgetting client's change by it).
+      step, 1 = off), ``apply_scale`` (server multiplies the forgetting client's change by it),
+      ``max_ta_drop``: verification fails (and the phase is rolled back) if test accuracy
+      falls by more than this fraction.
     """
 
     method: str = field(default="partial_amnesiac", metadata=_key("unlearn-method"))
@@ -180,6 +182,7 @@ class UnlearnConfig:
     remain_fraction: float = field(default=1.0, metadata=_key("unlearn-remain-fraction"))
     alpha: float = field(default=1.0, metadata=_key("unlearn-alpha"))
     apply_scale: float = field(default=1.0, metadata=_key("unlearn-apply-scale"))
+    max_ta_drop: float = field(default=0.25, metadata=_key("unlearn-max-ta-drop"))
 
     def __post_init__(self) -> None:
         checks = _Checks()
@@ -197,6 +200,30 @@ class UnlearnConfig:
         checks.in_range("momentum", self.momentum, 0.0, 1.0)
         checks.in_range("remain_fraction", self.remain_fraction, 0.0, 1.0)
         checks.in_range("alpha", self.alpha, 0.0, 1.0, low_open=True)
+        checks.in_range("max_ta_drop", self.max_ta_drop, 0.0, 1.0)
+        checks.raise_if_any()
+
+
+@dataclass(frozen=True)
+class BackdoorConfig:
+    """A backdoored client for the client-level deletion check (DESIGN.md, Evaluation).
+
+    Client ``client`` stamps a ``trigger_size`` square on ``fraction`` of its samples and
+    relabels them ``target``; after it is forgotten the attack success rate should fall to
+    RT's level. ``client=None``: no backdoor.
+    """
+
+    client: int | None = field(default=None, metadata=_key("backdoor-client"))
+    fraction: float = field(default=0.5, metadata=_key("backdoor-fraction"))
+    target: int = field(default=0, metadata=_key("backdoor-target"))
+    trigger_size: int = field(default=4, metadata=_key("backdoor-trigger-size"))
+
+    def __post_init__(self) -> None:
+        checks = _Checks()
+        checks.require(self.client is None or self.client >= 0, f"backdoor client must be >= 0, got {self.client}")
+        checks.in_range("backdoor fraction", self.fraction, 0.0, 1.0, low_open=True)
+        checks.non_negative("backdoor target", self.target)
+        checks.require(1 <= self.trigger_size <= 14, f"trigger_size must be in [1, 14], got {self.trigger_size}")
         checks.raise_if_any()
 
 
@@ -208,6 +235,10 @@ class FederationConfig:
     ``client_threads`` sets torch's thread count in each ClientApp (0: torch's default;
     simulations use 1 so that parallel virtual clients do not oversubscribe the cores).
     ``round_timeout`` bounds how long the server waits for replies in each exchange.
+    ``deletion_schedule`` files deletions on the owning clients during simulations (see
+    ``fedunlearn.schedule``); ``retrain_mode`` turns the run into its retrain baseline (RT):
+    the scheduled samples are excluded from round 1 and nothing is unlearned.
+    ``phase_retries``: how often an unlearning exchange is retried when a client drops out.
     """
 
     num_rounds: int = field(default=3, metadata=_key("num-server-rounds"))
@@ -218,10 +249,14 @@ class FederationConfig:
     out_dir: str | None = None
     round_timeout: float = 600.0
     client_threads: int = 0
+    deletion_schedule: str = ""
+    retrain_mode: bool = False
+    phase_retries: int = 2
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
+    backdoor: BackdoorConfig = field(default_factory=BackdoorConfig)
 
     def __post_init__(self) -> None:
         checks = _Checks()
@@ -231,6 +266,20 @@ class FederationConfig:
         checks.require(bool(self.state_root), "state_root must be a non-empty path")
         checks.positive("round_timeout", self.round_timeout)
         checks.non_negative("client_threads", self.client_threads)
+        checks.non_negative("phase_retries", self.phase_retries)
+        checks.require(
+            self.backdoor.client is None or self.backdoor.client < self.data.num_clients,
+            f"backdoor client must be < num_clients={self.data.num_clients}, got {self.backdoor.client}",
+        )
+        try:
+            from fedunlearn.schedule import parse_schedule
+
+            late = [e for e in parse_schedule(self.deletion_schedule, num_clients=self.data.num_clients)
+                    if e.round > self.num_rounds]
+            checks.require(not late, f"deletion-schedule has entries after the last round {self.num_rounds}: "
+                           f"{[e.request_id for e in late]}")
+        except ConfigError as err:
+            checks.problems.extend(err.problems)
         checks.raise_if_any()
 
     @classmethod
@@ -282,7 +331,9 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
                 if lowered not in ("true", "false", "1", "0", "yes", "no"):
                     raise ValueError(value)
                 return lowered in ("true", "1", "yes")
-            return bool(value)
+            if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+                return bool(value)
+            raise ValueError(value)
         if hint is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
@@ -290,6 +341,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
                 raise ValueError(value)
             return int(value)
         if hint is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
             return float(value)
         if hint is str:
             return str(value)
@@ -301,8 +354,9 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
 def from_run_config(config_type: type[Any], run_config: Mapping[str, Any]) -> Any:
     """Build ``config_type`` (a dataclass, possibly nested) from kebab-case keys.
 
-    This is the only place where run-config keys meet dataclass fields. Unknown keys and
-    values of the wrong type are collected and raised together as one ConfigError.
+    This is the only place where run-config keys meet dataclass fields. Unknown keys, values
+    of the wrong type and out-of-range values (of every nested config) are collected and
+    raised together as one ConfigError.
     """
     keys = _run_config_keys(config_type)
     problems: list[str] = []
@@ -316,13 +370,21 @@ def from_run_config(config_type: type[Any], run_config: Mapping[str, Any]) -> An
             values[path] = _coerce(key, raw, hint)
         except ConfigError as err:
             problems.extend(err.problems)
+    try:
+        config = _build(config_type, values, ())
+    except ConfigError as err:
+        problems.extend(err.problems)
     if problems:
         raise ConfigError(problems)
-    return _build(config_type, values, ())
+    return config
 
 
 def _build(config_type: type[Any], values: Mapping[tuple[str, ...], Any], prefix: tuple[str, ...]) -> Any:
-    """Construct nested configs bottom-up; every nested config's problems are reported together."""
+    """Construct nested configs bottom-up; every nested config's problems are reported together.
+
+    A nested config that fails is replaced, while its parent is checked, by one holding only
+    the values that are valid on their own, so the parent's checks still run on real values.
+    """
     hints = typing.get_type_hints(config_type)
     kwargs: dict[str, Any] = {}
     problems: list[str] = []
@@ -333,11 +395,28 @@ def _build(config_type: type[Any], values: Mapping[tuple[str, ...], Any], prefix
                 kwargs[f.name] = _build(hints[f.name], values, path)
             except ConfigError as err:
                 problems.extend(err.problems)
+                kwargs[f.name] = _valid_part(hints[f.name], values, path)
         elif path in values:
             kwargs[f.name] = values[path]
+    try:
+        config = config_type(**kwargs)
+    except ConfigError as err:
+        problems.extend(err.problems)
     if problems:
         raise ConfigError(problems)
-    return config_type(**kwargs)
+    return config
+
+
+def _valid_part(config_type: type[Any], values: Mapping[tuple[str, ...], Any], prefix: tuple[str, ...]) -> Any:
+    """``config_type`` (all defaults) updated with each given value that is valid on its own."""
+    config = config_type()
+    for path, value in values.items():
+        if path[:-1] == prefix:
+            try:
+                config = dataclasses.replace(config, **{path[-1]: value})
+            except ConfigError:
+                pass
+    return config
 
 
 def to_run_config(config: Any) -> dict[str, bool | int | float | str]:

@@ -51,14 +51,18 @@ class DeletionRequest:
 
     def __post_init__(self) -> None:
         problems = request_problems(self.kind, self.sample_ids, self.label)
+        if self.status not in get_args(RequestStatus):
+            problems.append(f"status must be one of {', '.join(get_args(RequestStatus))}; got {self.status!r}")
         if problems:
             raise DeletionRequestError("; ".join(problems))
 
     @staticmethod
-    def new(*, kind: DeletionKind, sample_ids: Iterable[int] = (), label: int | None = None) -> DeletionRequest:
-        """A fresh pending request with a random id (ids are de-duplicated and sorted)."""
+    def new(
+        *, kind: DeletionKind, sample_ids: Iterable[int] = (), label: int | None = None, request_id: str | None = None
+    ) -> DeletionRequest:
+        """A fresh pending request (random id unless given; ids de-duplicated and sorted)."""
         ids = _clean_ids(sample_ids)
-        return DeletionRequest(uuid.uuid4().hex[:16], kind, ids, label, time.time())
+        return DeletionRequest(request_id or uuid.uuid4().hex[:16], kind, ids, label, time.time())
 
     def to_json(self) -> dict[str, Any]:
         payload = asdict(self)
@@ -67,6 +71,9 @@ class DeletionRequest:
 
     @staticmethod
     def from_json(payload: dict[str, Any]) -> DeletionRequest:
+        if not isinstance(payload, dict):
+            kind = type(payload).__name__
+            raise DeletionRequestError(f"malformed deletion request record: expected an object, got {kind}")
         try:
             return DeletionRequest(**{**payload, "sample_ids": tuple(payload.get("sample_ids", ()))})
         except TypeError as err:
@@ -95,6 +102,12 @@ def request_problems(kind: str, sample_ids: Sequence[int], label: int | None) ->
         return ["a sample-level request needs at least one sample id"]
     if kind != "sample" and sample_ids:
         return [f"a {kind}-level request takes no sample ids (got {len(sample_ids)})"]
+    not_int = [v for v in sample_ids if isinstance(v, bool) or not isinstance(v, (int, np.integer))]
+    if not_int:
+        return [f"sample ids must be integers, got {not_int[:5]!r}"]
+    negative = [int(v) for v in sample_ids if v < 0]
+    if negative:
+        return [f"sample ids must be >= 0, got {negative[:5]}"]
     if kind == "class" and (label is None or isinstance(label, bool) or not isinstance(label, int) or label < 0):
         return [f"a class-level request needs a label >= 0, got {label!r}"]
     if kind != "class" and label is not None:
@@ -162,9 +175,15 @@ class DeletionQueue:
         if not path.exists():
             raise DeletionRequestError(f"no deletion request {request_id!r} in {self.dir}")
         try:
-            return DeletionRequest.from_json(json.loads(path.read_text(encoding="utf-8")))
-        except json.JSONDecodeError as err:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise DeletionRequestError(f"request file {path} is not valid JSON ({err}); restore it from backup") from err
+        try:
+            return DeletionRequest.from_json(payload)
+        except DeletionRequestError as err:
+            raise DeletionRequestError(
+                f"request file {path} holds an invalid request ({err}); restore it from backup"
+            ) from err
 
     def all(self) -> list[DeletionRequest]:
         """Every request, oldest first."""
@@ -193,6 +212,13 @@ class DeletionQueue:
         """All ids of served requests: excluded from every later training round."""
         parts = [np.load(p) for p in sorted(self.dir.glob("*.forgotten.npy"))]
         return np.unique(np.concatenate(parts)).astype(np.int64) if parts else np.empty(0, np.int64)
+
+    def receipt(self, request_id: str) -> DeletionReceipt:
+        """The receipt of a served request."""
+        path = self.receipts_dir / f"{request_id}.json"
+        if not path.exists():
+            raise DeletionRequestError(f"no receipt for request {request_id!r} in {self.receipts_dir}")
+        return DeletionReceipt(**json.loads(path.read_text(encoding="utf-8")))
 
     def receipts(self) -> list[dict[str, Any]]:
         """Receipts of served requests, oldest first."""

@@ -36,6 +36,7 @@ class RoundRecord:
     seconds: float
     clients: list[ClientRoundRecord] = field(default_factory=list)
     failures: int = 0
+    messages: int = 0
 
 
 @dataclass

@@ -27,10 +27,12 @@ from torch import nn
 from fedunlearn.atomic import save_npy_atomic, write_json_atomic
 from fedunlearn.config import FederationConfig
 from fedunlearn.data import IndexedDataset, build_federated_data
+from fedunlearn.data.backdoor import TriggerPattern, poison
 from fedunlearn.deletion import DeletionQueue
 from fedunlearn.history import HistoryStore, StorageUsage
 from fedunlearn.metrics import EvalResult, evaluate_loss_accuracy
 from fedunlearn.models import build_model
+from fedunlearn.schedule import ScheduledDeletion, parse_schedule
 from fedunlearn.training import TrainResult, train_local
 from fedunlearn.types import SampleIds, StateDict
 
@@ -73,9 +75,13 @@ class ClientSite:
     def open(cls, *, config: FederationConfig, partition_id: int, state_dir: str | Path, lineage: str) -> ClientSite:
         """Load this client's share of the configured dataset (same partition on every client)."""
         data = build_federated_data(config.data, seed=config.seed)
+        dataset = data.client_train(partition_id)
+        if config.backdoor.client == partition_id:
+            dataset = poison(dataset, fraction=config.backdoor.fraction, target_label=config.backdoor.target,
+                             pattern=TriggerPattern(size=config.backdoor.trigger_size), seed=config.seed)
         return cls(
             config=config, partition_id=partition_id, state_dir=state_dir, lineage=lineage,
-            dataset=data.client_train(partition_id), test=data.test, input_shape=data.bundle.input_shape,
+            dataset=dataset, test=data.test, input_shape=data.bundle.input_shape,
         )
 
     # ------------------------------------------------------------------------ files
@@ -110,9 +116,35 @@ class ClientSite:
         return self.queue.forgotten_ids()
 
     def retained(self) -> IndexedDataset:
-        """This client's training data minus everything forgotten so far."""
-        forgotten = self.forgotten_ids()
-        return self.dataset.without_ids(forgotten) if len(forgotten) else self.dataset
+        """This client's training data minus everything forgotten so far (in retrain mode,
+        minus everything the schedule will ever delete: the RT baseline)."""
+        excluded = self.forgotten_ids()
+        if self.config.retrain_mode:
+            scheduled = [self.scheduled_ids(entry) for entry in self.schedule()]
+            excluded = np.unique(np.concatenate([excluded, *scheduled]))
+        return self.dataset.without_ids(excluded) if len(excluded) else self.dataset
+
+    # ------------------------------------------------------------------------ schedule
+    def schedule(self) -> tuple[ScheduledDeletion, ...]:
+        """This client's entries of the run's deletion schedule."""
+        entries = parse_schedule(self.config.deletion_schedule, num_clients=self.config.data.num_clients)
+        return tuple(e for e in entries if e.partition_id == self.partition_id)
+
+    def scheduled_ids(self, entry: ScheduledDeletion) -> SampleIds:
+        """The ids an entry deletes (drawn from the full share, so RT drops the same ones)."""
+        return entry.select_ids(self.dataset.ids(), self.dataset.labels.numpy(), seed=self.config.seed)
+
+    def apply_schedule(self, server_round: int) -> list[str]:
+        """File the requests the schedule makes by ``server_round`` (once each); return their ids."""
+        if self.config.retrain_mode:
+            return []
+        known = {r.request_id for r in self.queue.all()}
+        filed = []
+        for entry in self.schedule():
+            if entry.round <= server_round and entry.request_id not in known:
+                self.queue.submit(entry.to_request(self.scheduled_ids(entry)))
+                filed.append(entry.request_id)
+        return filed
 
     # ------------------------------------------------------------------------ FedAvg round
     def train_round(self, state: StateDict, *, server_round: int) -> RoundOutcome:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 from logging import INFO, WARNING
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from fedunlearn import protocol
 from fedunlearn.config import FederationConfig
 from fedunlearn.data import IndexedDataset, build_federated_data
 from fedunlearn.errors import FedUnlearnError
-from fedunlearn.metrics import evaluate_loss_accuracy
+from fedunlearn.metrics import EvalResult, evaluate_loss_accuracy
 from fedunlearn.models import build_model
 from fedunlearn.results import ClientRoundRecord, RoundRecord, RunResults
 from server.strategy import UnlearningFedAvg
@@ -35,6 +36,7 @@ class ServerState:
     model: torch.nn.Module
     test: IndexedDataset
     results: RunResults
+    awaiting_commit: dict[str, Any] = field(default_factory=dict)  # request id -> commit Exchange
 
 
 def initial_state(config: FederationConfig) -> ServerState:
@@ -72,16 +74,26 @@ def discover_nodes(grid: Grid, state: ServerState, *, wait_seconds: float) -> No
     log(INFO, "[HANDSHAKE] %d clients: partition ids %s", len(pids), pids)
 
 
+def poll_status(grid: Grid, state: ServerState, server_round: int) -> None:
+    """Ask active nodes for pending deletion requests (used after the last round)."""
+    strategy = state.strategy
+    config = ConfigRecord({protocol.SERVER_ROUND: server_round})
+    messages = [strategy.build_message(n, protocol.QUERY_STATUS, arrays=None, config=config) for n in strategy.active_nodes(grid)]
+    strategy.note_status(grid.send_and_receive(messages, timeout=state.config.round_timeout))
+
+
 def run_round(grid: Grid, state: ServerState, server_round: int) -> RoundRecord:
     """One FedAvg round: train, aggregate, client evaluation, server-side test evaluation."""
     start, strategy, timeout = time.perf_counter(), state.strategy, state.config.round_timeout
-    replies = list(grid.send_and_receive(strategy.configure_train(server_round, state.arrays, ConfigRecord(), grid), timeout=timeout))
+    train_messages = list(strategy.configure_train(server_round, state.arrays, ConfigRecord(), grid))
+    replies = list(grid.send_and_receive(train_messages, timeout=timeout))
     arrays, train_metrics = strategy.aggregate_train(server_round, replies)
     if arrays is None:
         log(WARNING, "Round %d: no usable train reply; the global model is unchanged", server_round)
     else:
         state.arrays = arrays
-    eval_replies = grid.send_and_receive(strategy.configure_evaluate(server_round, state.arrays, ConfigRecord(), grid), timeout=timeout)
+    eval_messages = list(strategy.configure_evaluate(server_round, state.arrays, ConfigRecord(), grid))
+    eval_replies = list(grid.send_and_receive(eval_messages, timeout=timeout))
     eval_metrics = strategy.aggregate_evaluate(server_round, eval_replies)
     test = evaluate_global(state)
     record = RoundRecord(
@@ -93,6 +105,7 @@ def run_round(grid: Grid, state: ServerState, server_round: int) -> RoundRecord:
         seconds=time.perf_counter() - start,
         clients=client_records(strategy, server_round),
         failures=len(replies) - len(strategy.last_train_replies),
+        messages=len(train_messages) + len(replies) + len(eval_messages) + len(eval_replies),
     )
     state.results.rounds.append(record)
     log(INFO, "[ROUND %d] train loss %.4f | test acc %.4f | %.1f s", server_round, record.train_loss or float("nan"),
@@ -100,9 +113,9 @@ def run_round(grid: Grid, state: ServerState, server_round: int) -> RoundRecord:
     return record
 
 
-def evaluate_global(state: ServerState):  # type: ignore[no-untyped-def]
-    """Test loss and accuracy of the current global weights on the server's test set."""
-    state.model.load_state_dict(state.arrays.to_torch_state_dict())
+def evaluate_global(state: ServerState, arrays: ArrayRecord | None = None) -> EvalResult:
+    """Test loss and accuracy of the global weights (or ``arrays``) on the server's test set."""
+    state.model.load_state_dict((arrays or state.arrays).to_torch_state_dict())
     return evaluate_loss_accuracy(state.model, state.test)
 
 
@@ -130,12 +143,28 @@ def _metric(record: object, key: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
+def save_model(state: ServerState, name: str, arrays: ArrayRecord | None = None) -> None:
+    """Save the global weights (or ``arrays``) as ``<out_dir>/<name>`` (if out_dir is set)."""
+    if state.config.out_dir is not None:
+        target = Path(state.config.out_dir) / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.save((arrays or state.arrays).to_torch_state_dict(), target)
+
+
 def save_outputs(state: ServerState) -> None:
     """Write results.json and the final model under ``out_dir`` (if configured)."""
     if state.config.out_dir is None:
         return
     out = Path(state.config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save(state.arrays.to_torch_state_dict(), out / "model.pt")
+    save_model(state, "model.pt")
+    final = evaluate_global(state)
+    state.results.summary.update(
+        final_test_accuracy=final.accuracy, final_test_loss=final.loss,
+        train_seconds=sum(r.seconds for r in state.results.rounds),
+        train_messages=sum(r.messages for r in state.results.rounds),
+        pending_requests={str(state.strategy.partition_of.get(n, -1)): ids for n, ids in state.strategy.announced.items() if ids},
+        unconfirmed_requests=sorted(state.awaiting_commit),
+        departed_clients=sorted(state.strategy.partition_of[n] for n in state.strategy.departed),
+    )
     state.results.write(out / "results.json")
     log(INFO, "Wrote %s and %s", out / "results.json", out / "model.pt")

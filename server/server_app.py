@@ -12,7 +12,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedunlearn.config import FederationConfig
 from fedunlearn.results import RoundRecord
-from server.loop import discover_nodes, initial_state, run_round, save_outputs
+from server.loop import discover_nodes, initial_state, poll_status, run_round, save_outputs
+from server.unlearning_phase import serve_pending
 
 
 def make_server_app(
@@ -34,8 +35,11 @@ def make_server_app(
         discover_nodes(grid, state, wait_seconds=config.round_timeout)
         for server_round in range(1, config.num_rounds + 1):
             record = run_round(grid, state, server_round)
+            serve_pending(grid, state, server_round)
             if on_round is not None:
                 on_round(record)
+        poll_status(grid, state, config.num_rounds)  # requests filed after the last round
+        serve_pending(grid, state, config.num_rounds)
         save_outputs(state)
 
     return app

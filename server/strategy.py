@@ -11,6 +11,7 @@ Overrides only the configure/aggregate hooks (as Flower's FedProx does):
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterable
 from logging import INFO, WARNING
@@ -45,6 +46,8 @@ class UnlearningFedAvg(FedAvg):
         self.partition_of: dict[int, int] = {}  # Flower node_id -> our partition_id
         self.round_weights: dict[int, dict[int, float]] = {}  # node_id -> round -> w_k^r
         self.last_train_replies: list[Message] = []
+        self.announced: dict[int, list[str]] = {}  # node_id -> pending request ids it announced
+        self.departed: set[int] = set()  # nodes whose client-level deletion was served
 
     # ---------------------------------------------------------------- message construction
     def federation_record(self) -> ConfigRecord:
@@ -65,9 +68,34 @@ class UnlearningFedAvg(FedAvg):
             content[protocol.ARRAYS] = arrays
         return Message(content=content, message_type=message_type, dst_node_id=node_id)
 
+    def active_nodes(self, grid: Grid) -> list[int]:
+        """Connected nodes that still take part (by partition id)."""
+        online = set(grid.get_node_ids())
+        pairs = sorted((pid, nid) for nid, pid in self.partition_of.items() if nid in online and nid not in self.departed)
+        return [nid for _, nid in pairs]
+
+    def sample_remaining(self, remaining: list[int], step: int, *, include: int | None) -> list[int]:
+        """Remaining clients for one slow step (``remain_fraction``, seeded), plus ``include``
+        (the forgetting client, which corrects on its own retained data too)."""
+        fraction = self.config.unlearn.remain_fraction
+        chosen = list(remaining)
+        if fraction < 1.0 and remaining:
+            count = max(1, round(fraction * len(remaining)))
+            chosen = sorted(random.Random(self.config.seed * 31 + step).sample(remaining, count))
+        return chosen + ([include] if include is not None else [])
+
+    def note_status(self, replies: Iterable[Message]) -> None:
+        """Remember which deletion requests each node announced as pending."""
+        for message in replies:
+            if message.has_error() or protocol.STATUS not in message.content.config_records:
+                continue
+            status = message.content[protocol.STATUS]
+            self.announced[message.metadata.src_node_id] = [str(r) for r in status.get(protocol.REQUEST_IDS, [])]  # type: ignore[union-attr]
+
     def sample(self, server_round: int, fraction: float, grid: Grid) -> list[int]:
-        """Seeded sample of known nodes (by partition id), reproducible across runs."""
-        known = sorted((pid, nid) for nid, pid in self.partition_of.items() if nid in set(grid.get_node_ids()))
+        """Seeded sample of active nodes (by partition id), reproducible across runs."""
+        online = set(self.active_nodes(grid))
+        known = sorted((pid, nid) for nid, pid in self.partition_of.items() if nid in online)
         if fraction >= 1.0:
             return [nid for _, nid in known]
         count = max(1, round(fraction * len(known)))
@@ -92,7 +120,9 @@ class UnlearningFedAvg(FedAvg):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Drop invalid replies, FedAvg the rest, and remember each node's weight."""
-        valid = self.valid_train_replies(list(replies))
+        replies = list(replies)
+        self.note_status(replies)
+        valid = self.valid_train_replies(replies)
         self.last_train_replies = valid
         if not valid:
             return None, None
@@ -102,10 +132,20 @@ class UnlearningFedAvg(FedAvg):
             self.round_weights.setdefault(message.metadata.src_node_id, {})[server_round] = weight
         return arrays, metrics
 
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """FedAvg of client metrics (clients without retained data left out); notes announcements."""
+        replies = list(replies)
+        self.note_status(replies)
+        usable = [m for m in replies if m.has_error() or _num_examples(m) > 0]
+        return super().aggregate_evaluate(server_round, usable)
+
     def valid_train_replies(self, replies: list[Message]) -> list[Message]:
         """Replies fit to aggregate; errors and malformed content are logged and left out."""
         valid: list[Message] = []
         for message in replies:
+            if not message.has_error() and message.content.metric_records.get(protocol.METRICS, {}).get(protocol.NUM_EXAMPLES) == 0:
+                log(INFO, "Node %d has no retained data this round; left out", message.metadata.src_node_id)
+                continue
             problems = self.reply_problems(message)
             if problems:
                 log(WARNING, "Leaving out reply of node %d: %s", message.metadata.src_node_id, "; ".join(problems))
@@ -118,10 +158,18 @@ class UnlearningFedAvg(FedAvg):
         if message.has_error():
             return [f"client error: {message.error.reason}"]
         content = message.content
-        if protocol.ARRAYS not in content.array_records or protocol.METRICS not in content.metric_records:
+        # Exactly one of each, as FedAvg's consistency check demands (else it fails the whole round).
+        if list(content.array_records) != [protocol.ARRAYS] or list(content.metric_records) != [protocol.METRICS]:
             return [f"expected records '{protocol.ARRAYS}' and '{protocol.METRICS}', got {list(content.keys())}"]
         metrics = content[protocol.METRICS]
         count = metrics.get(protocol.NUM_EXAMPLES)
-        if not isinstance(count, (int, float)) or count <= 0:
+        if not isinstance(count, (int, float)) or not math.isfinite(count) or count <= 0:
             return [f"'{protocol.NUM_EXAMPLES}' must be a positive number, got {count!r}"]
         return check_state(content[protocol.ARRAYS].to_torch_state_dict(), self.reference_keys)
+
+
+def _num_examples(message: Message) -> float:
+    """Return a reply's positive finite ``num-examples``, else 0 (missing record or key, NaN, wrong type)."""
+    metrics = message.content.metric_records.get(protocol.METRICS)
+    count = metrics.get(protocol.NUM_EXAMPLES) if metrics is not None else None
+    return float(count) if isinstance(count, (int, float)) and math.isfinite(count) and count > 0 else 0.0

@@ -38,3 +38,27 @@ def plot_training(results: Mapping[str, Any], path: str | Path) -> Path:
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def plot_comparison(report: Mapping[str, Any], path: str | Path) -> Path:
+    """FA / RA / TA / MIA (and backdoor ASR) before unlearning, after it, and for RT."""
+    metrics = report["metrics"]
+    keys = ["FA", "RA", "TA", "MIA"] + (["backdoor_asr"] if metrics["RT"].get("backdoor_asr") is not None else [])
+    names = [n for n in ("before", "unlearned", "RT") if n in metrics]
+    fig, ax = plt.subplots(figsize=(1.6 * len(keys) + 3, 4))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        values = [100 * (metrics[name].get(k) or 0.0) for k in keys]
+        bars = ax.bar([x + i * width for x in range(len(keys))], values, width, label=name)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(keys))], [k.replace("_", " ") for k in keys])
+    ax.set_ylabel("%")
+    ax.set_title(f"{report['method']}: Avg.D to RT {metrics['avg_gap_rt']:.2f} points "
+                 f"({report['unlearning']['seconds']:.1f} s vs RT {report['retrain']['seconds']:.1f} s)")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ from tqdm import tqdm
 from fedunlearn.config import FederationConfig
 from fedunlearn.data import resolve_data_root
 from fedunlearn.results import RoundRecord
+from simulations.plots_federated import plot_training
 
 #: CLI option -> run-config key (the CLI's convenience names; everything else via --set).
 OPTION_KEYS: dict[str, str] = {
@@ -50,12 +52,22 @@ def add_federation_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--data-root", default=None, help="dataset folder (default: $FEDUNLEARN_DATA or ~/.fedunlearn/data)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other run-config key (repeatable)")
     parser.add_argument("--out", default=None, help="output folder (default: runs/<dataset>-<model>-<time>)")
+    parser.add_argument("--deletion-schedule", default=None, metavar="R:C:KIND[:ARG];...",
+                        help="deletions to file, e.g. '3:1:sample:0.1;3:2:class:7;3:4:client' (default: none)")
+    parser.add_argument("--method", default=None, help="unlearning method (default: %s)" % FederationConfig().unlearn.method)
+    parser.add_argument("--no-rt", action="store_true", help="skip the retrain baseline (RT) run")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="reuse a non-empty --out folder, deleting its previous client state and results")
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="CPUs for Ray (default: %(default)s)")
 
 
 def config_from_args(args: argparse.Namespace) -> FederationConfig:
     """The one FederationConfig the options describe (through the run-config bridge)."""
     overrides: dict[str, Any] = {key: getattr(args, opt) for opt, key in OPTION_KEYS.items() if getattr(args, opt) is not None}
+    if getattr(args, "deletion_schedule", None):
+        overrides["deletion-schedule"] = args.deletion_schedule
+    if getattr(args, "method", None):
+        overrides["unlearn-method"] = args.method
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
@@ -105,12 +117,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("fedunlearn").addHandler(handler)
     logging.getLogger("fedunlearn").setLevel(logging.INFO)
     config = config_from_args(args)
-    results = run_federation(config, cpus=args.cpus)
-    from simulations.plots_federated import plot_training
+    prepare_out_dir(Path(config.out_dir or "."), overwrite=args.overwrite)
+    if not config.deletion_schedule:
+        results = run_federation(config, cpus=args.cpus)
+        png = plot_training(results, Path(config.out_dir or ".") / "training.png")
+        print_summary(results, png)
+        return 0
+    from simulations.unlearning_run import run_with_retrain
 
-    png = plot_training(results, Path(config.out_dir or ".") / "training.png")
-    print_summary(results, png)
+    run_with_retrain(config, cpus=args.cpus, with_rt=not args.no_rt)
     return 0
+
+
+def prepare_out_dir(out: Path, *, overwrite: bool) -> None:
+    """Refuse to mix a new run with an old one's client state (pending requests, histories)."""
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise SystemExit(f"{out} is not empty: its client state (histories, pending deletion requests) would "
+                             "leak into this run. Choose another --out or pass --overwrite to delete it.")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
 
 
 def print_summary(results: Mapping[str, Any], png: Path) -> None:

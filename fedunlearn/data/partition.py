@@ -71,6 +71,12 @@ def make_partition(sample_ids: SampleIds, labels: np.ndarray, config: DataConfig
         raise ConfigError(f"cannot split {len(ids)} samples over {config.num_clients} clients; use fewer clients")
     rng = np.random.default_rng(seed)
     parts = _PARTITIONERS[config.partition](ids, labels, config.num_clients, config, rng)
+    empty = [k for k, p in enumerate(parts) if len(p) == 0]
+    if empty:  # a client without data can never train; fail before the run starts
+        raise ConfigError(
+            f"the {config.partition!r} partition of {len(ids)} samples left client(s) {empty} of "
+            f"{config.num_clients} without samples; use fewer clients or another partition"
+        )
     if config.samples_per_client is not None:
         parts = [p if len(p) <= config.samples_per_client else rng.choice(p, config.samples_per_client, replace=False) for p in parts]
     return Partition(tuple(np.sort(p).astype(np.int64) for p in parts))

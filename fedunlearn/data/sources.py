@@ -11,6 +11,8 @@ import functools
 import gzip
 import logging
 import shutil
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,8 +120,12 @@ def load_mnist(root: Path, download: bool) -> DatasetBundle:
     try:
         train = MNIST(str(root), train=True, download=download)
         test = MNIST(str(root), train=False, download=download)
-    except (RuntimeError, OSError) as err:
-        raise DataNotFoundError(f"could not load or download MNIST into {raw}: {err}") from err
+    except (RuntimeError, OSError, AssertionError, ValueError, TypeError) as err:
+        # torchvision's IDX parser asserts on a bad header (e.g. an HTML page saved as the file).
+        raise DataNotFoundError(
+            f"could not load or download MNIST into {raw}: {err!r}. The files there may be corrupt; "
+            "replace them with the official IDX files."
+        ) from err
     mean, std = 0.1307, 0.3081
     return DatasetBundle(
         "mnist",
@@ -136,8 +142,12 @@ def _gunzip_missing(raw: Path, names: tuple[str, ...]) -> None:
         packed, plain = raw / f"{name}.gz", raw / name
         if packed.exists() and not plain.exists():
             tmp = plain.with_suffix(".part")
-            with gzip.open(packed, "rb") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+            try:
+                with gzip.open(packed, "rb") as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            except (OSError, EOFError, zlib.error) as err:  # truncated or not gzip at all
+                tmp.unlink(missing_ok=True)
+                raise DataNotFoundError(f"cannot unpack {packed}: {err}. Replace it with the official file.") from err
             tmp.replace(plain)
 
 
@@ -171,7 +181,7 @@ def _load_medmnist(flag: str, root: Path, download: bool) -> DatasetBundle:
     try:
         # len() of a medmnist dataset asserts the official count, so read .imgs/.labels directly.
         train, test = (cls(split=s, root=str(root), download=download) for s in ("train", "test"))
-    except (RuntimeError, OSError, KeyError, ValueError) as err:
+    except (RuntimeError, OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise DataNotFoundError(f"could not load {flag} from {npz}: {err}") from err
     num_classes = len(info["label"])
     return DatasetBundle(

@@ -1,0 +1,105 @@
+"""What every fedunlearn ClientApp handler shares: opening the site, status, error replies."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import traceback
+from collections.abc import Callable
+from logging import WARNING
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message
+from flwr.common import log
+
+from fedunlearn import protocol
+from fedunlearn.config import FederationConfig, NodeConfig
+from fedunlearn.deletion import DeletionRequest
+from fedunlearn.errors import FedUnlearnError
+from fedunlearn.site import ClientSite
+
+#: Flower error code for a client-side fedunlearn error (the reason carries the message).
+FEDUNLEARN_ERROR_CODE = 100
+
+Handler = Callable[[Message, Context], Message]
+
+
+def open_site(message: Message, context: Context) -> ClientSite:
+    """The site this node serves, configured by the server's federation record and the
+    node's own ``node_config``; also stores any FedAvg round weights the message carries."""
+    federation = FederationConfig.from_run_config(dict(message.content[protocol.FEDERATION]))
+    node = NodeConfig.from_node_config(dict(context.node_config))
+    if node.num_partitions != federation.data.num_clients:
+        raise FedUnlearnError(
+            f"node_config num-partitions={node.num_partitions} but the federation has "
+            f"num-clients={federation.data.num_clients}; make them agree"
+        )
+    if node.data_root is not None:
+        federation = dataclasses.replace(federation, data=dataclasses.replace(federation.data, root=node.data_root))
+    if federation.client_threads > 0:
+        torch.set_num_threads(federation.client_threads)
+    site = ClientSite.open(
+        config=federation, partition_id=node.partition_id,
+        state_dir=node.resolved_state_dir(federation), lineage=f"run-{context.run_id}",
+    )
+    weights = message.content.config_records.get(protocol.ROUND_WEIGHTS)
+    if weights is not None:
+        site.record_round_weights(list(weights[protocol.ROUNDS]), list(weights[protocol.WEIGHTS]))  # type: ignore[arg-type]
+    site.apply_schedule(server_round(message))
+    return site
+
+
+def status_record(site: ClientSite) -> ConfigRecord:
+    """Announced in every reply: who this is and which deletion requests wait."""
+    pending = [r.request_id for r in site.queue.pending()]
+    return ConfigRecord({protocol.PARTITION_ID: site.partition_id, protocol.REQUEST_IDS: pending})
+
+
+def reply_errors(handler: Handler) -> Handler:
+    """Turn a fedunlearn error into an error reply with a readable reason (the server logs
+    it and leaves this node out), instead of a bare traceback."""
+
+    @functools.wraps(handler)
+    def wrapper(message: Message, context: Context) -> Message:
+        try:
+            return handler(message, context)
+        except FedUnlearnError as err:
+            log(WARNING, "fedunlearn client error (%s): %s", type(err).__name__, err)
+            reason = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"
+            return Message(Error(code=FEDUNLEARN_ERROR_CODE, reason=reason), reply_to=message)
+
+    return wrapper
+
+
+
+
+def server_round(message: Message) -> int:
+    """The round a message belongs to (0 when the server sent none, e.g. the handshake)."""
+    config = message.content.config_records.get(protocol.CONFIG)
+    value = config.get(protocol.SERVER_ROUND, 0) if config is not None else 0
+    return int(value)  # type: ignore[arg-type]
+
+
+def config_value(message: Message, key: str) -> object:
+    """A key of the message's config record; a FedUnlearnError names it when absent."""
+    config = message.content.config_records.get(protocol.CONFIG)
+    if config is None or key not in config:
+        raise FedUnlearnError(f"message {message.metadata.message_type!r} lacks config key {key!r}")
+    return config[key]
+
+
+def requested(site: ClientSite, message: Message, key: str = protocol.REQUEST_ID) -> DeletionRequest:
+    """The deletion request a phase message refers to (it must be this client's own)."""
+    return site.queue.get(str(config_value(message, key)))
+
+
+def global_state(message: Message) -> dict[str, torch.Tensor]:
+    """The model weights a message carries."""
+    if protocol.ARRAYS not in message.content.array_records:
+        raise FedUnlearnError(f"message {message.metadata.message_type!r} carries no '{protocol.ARRAYS}' record")
+    return dict(message.content[protocol.ARRAYS].to_torch_state_dict())
+
+
+def tensors_record(tensors: dict[str, torch.Tensor]) -> ArrayRecord:
+    """An ArrayRecord of CPU tensors (corrections, Fisher diagonals)."""
+    return ArrayRecord({k: v.detach().cpu() for k, v in tensors.items()})

@@ -1,0 +1,62 @@
+"""Framework-independent unlearning methods behind one contract and one registry.
+
+``get_method(name)(model, split=ForgetRetainSplit(...), config=UnlearnConfig(...),
+context=UnlearnContext(...)) -> Correction``. Registered: ``amnesiac``,
+``partial_amnesiac``, ``label_flip``, ``partial_label_flip``, ``gradient_ascent``,
+``partial_gradient_ascent``, ``sfr_on``, and the baselines ``retrain`` (RT), ``finetune``
+(FT), ``random_label`` (RL). The federated protocol also calls the pieces directly:
+``diagonal_fisher``, ``saliency_mask``, ``SFROnSession`` / ``masked_forget_step``, and
+``remain_steps``.
+"""
+
+from fedunlearn.unlearning import amnesiac, baselines, gradient_ascent, label_flip, sfr_on  # noqa: F401 (registers)
+from fedunlearn.unlearning.base import (
+    Correction,
+    Cost,
+    ForgetRetainSplit,
+    UnlearnContext,
+    UnlearningMethod,
+    available_methods,
+    get_method,
+    register_method,
+)
+from fedunlearn.unlearning.label_flip import wrong_labels
+from fedunlearn.unlearning.remain import remain_steps
+from fedunlearn.unlearning.saliency import (
+    available_saliency_rules,
+    diagonal_fisher,
+    saliency_mask,
+    salun_topk_mask,
+)
+from fedunlearn.unlearning.sfr_on import (
+    SFROnSession,
+    adaptive_forget_loss,
+    adaptive_weights,
+    cosine_factor,
+    masked_forget_step,
+)
+from fedunlearn.unlearning.steps import apply_step, gradient_step
+
+__all__ = [
+    "Correction",
+    "Cost",
+    "ForgetRetainSplit",
+    "SFROnSession",
+    "UnlearnContext",
+    "UnlearningMethod",
+    "adaptive_forget_loss",
+    "adaptive_weights",
+    "apply_step",
+    "available_methods",
+    "available_saliency_rules",
+    "cosine_factor",
+    "diagonal_fisher",
+    "get_method",
+    "masked_forget_step",
+    "register_method",
+    "remain_steps",
+    "saliency_mask",
+    "salun_topk_mask",
+    "gradient_step",
+    "wrong_labels",
+]

@@ -1,0 +1,304 @@
+"""One unlearning phase on the server: fast correction, slow remain corrections, verify, commit.
+
+The server never sees data, ids or histories: it sends weights and instructions, and gets
+back corrections (weight-sized arrays) and metrics. The global model is replaced only
+after the phase verified; any failure before that (a client that stays away after the
+retries, a non-finite correction, a failed verification) leaves the pre-phase weights in
+place and the request pending on its client.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.common import log
+from flwr.serverapp import Grid
+
+from fedunlearn import protocol
+from fedunlearn.aggregation import add_scaled, check_state, fast_slow_step, fedavg_weights, state_digest, weighted_sum
+from fedunlearn.atomic import write_json_atomic
+from fedunlearn.deletion import DeletionReceipt
+from fedunlearn.errors import FedUnlearnError
+from server.loop import ServerState, evaluate_global, save_model
+from server.strategy import UnlearningFedAvg
+
+
+class PhaseAborted(FedUnlearnError):
+    """The phase cannot finish; the global model keeps its pre-phase weights."""
+
+
+@dataclass
+class PhaseStats:
+    """Messages and bytes exchanged in one phase (the cost reported next to RT's)."""
+
+    messages: int = 0
+    bytes: int = 0
+    exchanges: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class PhaseOutcome:
+    """What happened to one request."""
+
+    request_id: str
+    partition_id: int
+    status: str  # "served" | "deferred"
+    reason: str | None
+    seconds: float
+    stats: PhaseStats
+    metrics: dict[str, float] = field(default_factory=dict)
+    receipt: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One round trip: who gets which message, and what counts as a usable reply."""
+
+    name: str
+    nodes: list[int]
+    build: Callable[[int], Message]
+    required: bool  # a required exchange aborts the phase when every try fails
+
+
+def exchange(grid: Grid, state: ServerState, spec: Exchange, stats: PhaseStats) -> dict[int, Message]:
+    """Send, then re-send to nodes that failed (error, timeout, invalid reply) up to
+    ``phase_retries`` times; returns the valid replies by node."""
+    replies: dict[int, Message] = {}
+    missing = list(spec.nodes)
+    for attempt in range(state.config.phase_retries + 1):
+        messages = [spec.build(n) for n in missing]
+        stats.messages += len(messages)
+        stats.bytes += sum(_payload_bytes(m) for m in messages)
+        for reply in grid.send_and_receive(messages, timeout=state.config.round_timeout):
+            stats.messages += 1
+            stats.bytes += _payload_bytes(reply)
+            problem = _reply_problem(reply, state)
+            if problem:
+                log(WARNING, "[UNLEARN] %s: node %d failed (%s)", spec.name, reply.metadata.src_node_id, problem)
+            else:
+                replies[reply.metadata.src_node_id] = reply
+        missing = [n for n in spec.nodes if n not in replies]
+        if not missing:
+            break
+        log(WARNING, "[UNLEARN] %s: no usable reply from %d node(s) (try %d)", spec.name, len(missing), attempt + 1)
+    stats.exchanges.append({"name": spec.name, "nodes": len(spec.nodes), "replied": len(replies)})
+    if spec.required and missing:
+        raise PhaseAborted(f"{spec.name}: {len(missing)} node(s) did not answer after {state.config.phase_retries} retries")
+    return replies
+
+
+def _payload_bytes(message: Message) -> int:
+    if message.has_error():
+        return 0
+    return sum(record.count_bytes() for record in message.content.array_records.values())
+
+
+def _reply_problem(reply: Message, state: ServerState) -> str | None:
+    if reply.has_error():
+        return f"error reply: {(reply.error.reason or '').splitlines()[0] if reply.error.reason else reply.error.code}"
+    content = reply.content
+    if protocol.ARRAYS in content.array_records:
+        arrays = content[protocol.ARRAYS].to_torch_state_dict()
+        problems = check_state(arrays, state.strategy.reference_keys, exact_keys=False)
+        missing_ok = [p for p in problems if not p.startswith("missing entries")]
+        if missing_ok:
+            return "; ".join(missing_ok)
+    return None
+
+
+def run_phase(grid: Grid, state: ServerState, *, node_id: int, request_id: str, server_round: int) -> PhaseOutcome:
+    """Serve ``request_id`` of ``node_id``: I fast-slow outer steps, verification, commit."""
+    strategy, config = state.strategy, state.config
+    pid = strategy.partition_of.get(node_id, -1)
+    start, stats = time.perf_counter(), PhaseStats()
+    before = state.arrays
+    log(INFO, "[UNLEARN] client %d, request %s: method %s, %d outer step(s)", pid, request_id,
+        config.unlearn.method, config.unlearn.outer_steps)
+    try:
+        theta, steps_run = _fast_slow_loop(grid, state, node_id, request_id, stats)
+        metrics = _verify(grid, state, node_id, request_id, theta, stats)
+    except PhaseAborted as err:
+        log(WARNING, "[UNLEARN] request %s deferred, global model rolled back: %s", request_id, err)
+        return PhaseOutcome(request_id, pid, "deferred", str(err), time.perf_counter() - start, stats)
+    save_model(state, f"models/before-{request_id}.pt", before)
+    state.arrays = ArrayRecord(theta)  # verified: from here on the model has forgotten
+    draft = _draft_receipt(state, request_id, server_round, before, theta, metrics, stats, start)
+    commit = _commit_exchange(state, node_id, request_id, draft, steps_run)
+    try:
+        receipt = _receipt_from(exchange(grid, state, commit, stats)[node_id])
+    except PhaseAborted as err:
+        state.awaiting_commit[request_id] = commit
+        log(WARNING, "[UNLEARN] request %s applied to the model but not confirmed by its client (%s); the commit "
+            "is re-sent when the client announces the request again", request_id, err)
+        return PhaseOutcome(request_id, pid, "unconfirmed", str(err), time.perf_counter() - start, stats, metrics)
+    if receipt.get("kind") == "client":
+        strategy.departed.add(node_id)
+    log(INFO, "[UNLEARN] request %s served in %.1f s: %s", request_id, time.perf_counter() - start,
+        {k: round(v, 4) for k, v in metrics.items()})
+    return PhaseOutcome(request_id, pid, "served", None, time.perf_counter() - start, stats, metrics, receipt)
+
+
+def serve_pending(grid: Grid, state: ServerState, server_round: int) -> list[PhaseOutcome]:
+    """Serve every request the clients announced, one phase each (oldest client first);
+    re-send commits that were never confirmed instead of serving those twice."""
+    outcomes: list[PhaseOutcome] = []
+    strategy = state.strategy
+    still_pending: dict[int, list[str]] = {}
+    for node_id in sorted(strategy.announced, key=lambda n: strategy.partition_of.get(n, -1)):
+        if node_id in strategy.departed:
+            continue
+        for position, request_id in enumerate(strategy.announced[node_id]):
+            if request_id in state.awaiting_commit:
+                outcomes.append(_reconfirm(grid, state, node_id, request_id))
+                continue
+            outcome = run_phase(grid, state, node_id=node_id, request_id=request_id, server_round=server_round)
+            outcomes.append(outcome)
+            if outcome.status == "deferred":  # later requests of this client wait for the same fix
+                still_pending[node_id] = strategy.announced[node_id][position:]
+                break
+    strategy.announced = still_pending
+    for outcome in outcomes:
+        state.results.events.append({"type": "unlearning", "round": server_round, **dataclasses.asdict(outcome)})
+        if outcome.receipt is not None and state.config.out_dir is not None:
+            write_json_atomic(Path(state.config.out_dir) / "receipts" / f"{outcome.request_id}.json", outcome.receipt)
+    return outcomes
+
+
+def _reconfirm(grid: Grid, state: ServerState, node_id: int, request_id: str) -> PhaseOutcome:
+    stats, start = PhaseStats(), time.perf_counter()
+    pid = state.strategy.partition_of.get(node_id, -1)
+    try:
+        receipt = _receipt_from(exchange(grid, state, state.awaiting_commit[request_id], stats)[node_id])
+    except PhaseAborted as err:
+        return PhaseOutcome(request_id, pid, "unconfirmed", str(err), time.perf_counter() - start, stats)
+    del state.awaiting_commit[request_id]
+    if receipt.get("kind") == "client":
+        state.strategy.departed.add(node_id)
+    return PhaseOutcome(request_id, pid, "served", "confirmed late", time.perf_counter() - start, stats,
+                        receipt.get("metrics", {}), receipt)
+
+
+def _fast_slow_loop(grid: Grid, state: ServerState, node_id: int, request_id: str, stats: PhaseStats) -> tuple[dict[str, torch.Tensor], int]:
+    strategy, cfg = state.strategy, state.config.unlearn
+    theta = dict(state.arrays.to_torch_state_dict())
+    remaining = [n for n in strategy.active_nodes(grid) if n != node_id]
+    fisher = _remain_fisher(grid, state, remaining, theta, stats) if _needs_fisher(state) else None
+    steps_run = 0
+    for step in range(cfg.outer_steps):
+        forget_reply = exchange(grid, state, Exchange(
+            f"fast {step + 1}/{cfg.outer_steps}", [node_id],
+            lambda n: _forget_message(strategy, n, request_id, step, theta, fisher), required=True), stats)[node_id]
+        fa_before = float(forget_reply.content[protocol.METRICS][protocol.FA_BEFORE])  # type: ignore[arg-type]
+        if step > 0 and cfg.target_fa is not None and fa_before <= cfg.target_fa:
+            log(INFO, "[UNLEARN] FA %.4f reached target %.4f after %d outer step(s)", fa_before, cfg.target_fa, step)
+            break
+        theta_fast = add_scaled(theta, forget_reply.content[protocol.ARRAYS].to_torch_state_dict(), cfg.apply_scale)
+        keeps_data = float(forget_reply.content[protocol.METRICS][protocol.NUM_RETAINED]) > 0  # type: ignore[arg-type]
+        slow_nodes = strategy.sample_remaining(remaining, step, include=node_id if keeps_data else None) \
+            if cfg.remain_steps > 0 else []
+        remain_replies = exchange(grid, state, Exchange(
+            f"slow {step + 1}/{cfg.outer_steps}", slow_nodes,
+            lambda n: _remain_message(strategy, n, request_id, step, theta_fast, n == node_id), required=False), stats)
+        usable = [(r, float(r.content[protocol.METRICS][protocol.NUM_EXAMPLES])) for r in remain_replies.values()]  # type: ignore[arg-type]
+        usable = [(r, w) for r, w in usable if w > 0]
+        if cfg.remain_steps > 0 and slow_nodes and not usable:
+            raise PhaseAborted(f"slow step {step + 1}: no remaining client answered")
+        theta = fast_slow_step(
+            theta, forget_reply.content[protocol.ARRAYS].to_torch_state_dict(),
+            [r.content[protocol.ARRAYS].to_torch_state_dict() for r, _ in usable], [w for _, w in usable],
+            apply_scale=cfg.apply_scale, alpha=cfg.alpha,
+        )
+        _require_finite(theta, f"outer step {step + 1}")
+        steps_run = step + 1
+    return theta, steps_run
+
+
+def _needs_fisher(state: ServerState) -> bool:
+    cfg = state.config.unlearn
+    return cfg.method == "sfr_on" and cfg.saliency == "fisher"
+
+
+def _remain_fisher(grid: Grid, state: ServerState, nodes: list[int], theta: dict[str, torch.Tensor], stats: PhaseStats) -> ArrayRecord | None:
+    """Remaining clients' diagonal Fisher, averaged by their sample counts (F_r of the mask)."""
+    strategy = state.strategy
+    replies = exchange(grid, state, Exchange("fisher", nodes, lambda n: strategy.build_message(
+        n, protocol.QUERY_FISHER, arrays=ArrayRecord(theta), config=ConfigRecord()), required=False), stats)
+    if not replies:
+        raise PhaseAborted("no remaining client sent its Fisher diagonal")
+    fishers = [r.content[protocol.ARRAYS].to_torch_state_dict() for r in replies.values()]
+    counts = [float(r.content[protocol.METRICS][protocol.NUM_EXAMPLES]) for r in replies.values()]  # type: ignore[arg-type]
+    return ArrayRecord(weighted_sum(fishers, fedavg_weights(counts)))
+
+
+def _forget_message(strategy: UnlearningFedAvg, node: int, request_id: str, step: int, theta: dict[str, torch.Tensor],
+                    fisher: ArrayRecord | None) -> Message:
+    config = ConfigRecord({protocol.REQUEST_ID: request_id, protocol.STEP: step})
+    message = strategy.build_message(node, protocol.TRAIN_FORGET, arrays=ArrayRecord(theta), config=config)
+    if fisher is not None:
+        message.content[protocol.REMAIN_FISHER] = fisher
+    return message
+
+
+def _remain_message(strategy: UnlearningFedAvg, node: int, request_id: str, step: int, theta_fast: dict[str, torch.Tensor],
+                    is_forgetting: bool) -> Message:
+    cfg = strategy.config.unlearn
+    values: dict[str, Any] = {protocol.REMAIN_STEPS: cfg.remain_steps, protocol.STEP: step,
+                              protocol.SEED: strategy.config.seed * 7919 + step * 101 + strategy.partition_of.get(node, 0)}
+    if is_forgetting:
+        values[protocol.EXCLUDE_REQUEST] = request_id
+    return strategy.build_message(node, protocol.TRAIN_REMAIN, arrays=ArrayRecord(theta_fast), config=ConfigRecord(values))
+
+
+def _require_finite(theta: dict[str, torch.Tensor], where: str) -> None:
+    bad = [k for k, v in theta.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise PhaseAborted(f"{where}: non-finite weights in {bad[:5]}")
+
+
+def _verify(grid: Grid, state: ServerState, node_id: int, request_id: str, theta: dict[str, torch.Tensor], stats: PhaseStats) -> dict[str, float]:
+    """FA/MIA/RA from the forgetting client, TA (and backdoor ASR) on the server; fails the
+    phase if TA fell by more than ``max_ta_drop``."""
+    strategy = state.strategy
+    reply = exchange(grid, state, Exchange("verify", [node_id], lambda n: strategy.build_message(
+        n, protocol.EVALUATE_VERIFY, arrays=ArrayRecord(theta), config=ConfigRecord({protocol.REQUEST_ID: request_id})),
+        required=True), stats)[node_id]
+    metrics = {k: float(v) for k, v in reply.content[protocol.METRICS].items() if k != protocol.NUM_EXAMPLES}  # type: ignore[arg-type]
+    ta_before = evaluate_global(state).accuracy
+    after = evaluate_global(state, ArrayRecord(theta))
+    metrics.update(TA=after.accuracy, TA_before=ta_before)
+    if after.accuracy < ta_before - state.config.unlearn.max_ta_drop:
+        raise PhaseAborted(f"verification failed: test accuracy fell from {ta_before:.4f} to {after.accuracy:.4f} "
+                           f"(more than max_ta_drop={state.config.unlearn.max_ta_drop})")
+    return metrics
+
+
+def _draft_receipt(state: ServerState, request_id: str, server_round: int, before: ArrayRecord,
+                   theta: dict[str, torch.Tensor], metrics: dict[str, float], stats: PhaseStats, start: float) -> DeletionReceipt:
+    """The server's part of the receipt; the client adds the sample count and ids digest."""
+    return DeletionReceipt(
+        request_id=request_id, kind="", num_samples=0, ids_sha256="",
+        model_digest_before=state_digest(before.to_torch_state_dict()), model_digest_after=state_digest(theta),
+        server_round=server_round, method=state.config.unlearn.method, metrics=metrics,
+        seconds=time.perf_counter() - start, messages=stats.messages + 2,
+    )
+
+
+def _commit_exchange(state: ServerState, node_id: int, request_id: str, draft: DeletionReceipt, steps_run: int) -> Exchange:
+    config = ConfigRecord({protocol.REQUEST_ID: request_id, protocol.RECEIPT_JSON: json.dumps(draft.to_json()),
+                           protocol.OUTER_STEPS: steps_run})
+    return Exchange("commit", [node_id], lambda n: state.strategy.build_message(
+        n, protocol.QUERY_COMMIT, arrays=None, config=config), required=True)
+
+
+def _receipt_from(reply: Message) -> dict[str, Any]:
+    receipt: dict[str, Any] = json.loads(str(reply.content[protocol.RECEIPT][protocol.RECEIPT_JSON]))
+    return receipt

@@ -1,0 +1,65 @@
+"""Training observers for the runners: one training run feeding several recorders, and FA/RA curves.
+
+``train_local(..., observer=FanOut(rec_full, rec_partial, curves))`` records the same steps
+into a full (keep_ratio 1.0) and a pruned history at once, which is cheaper than training
+twice and guarantees both histories describe the same model, while ``CurveLogger`` measures
+accuracy on the targeted and retained data for the seed paper's Figures 1-2.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedunlearn.data import IndexedDataset
+from fedunlearn.metrics import accuracy
+
+
+class FanOut:
+    """A ``StepObserver`` that forwards every call to each of ``observers``, in order."""
+
+    def __init__(self, *observers: Any) -> None:
+        self.observers = observers
+
+    def before_step(self, model: nn.Module) -> None:
+        """Forward ``before_step`` to every observer."""
+        for obs in self.observers:
+            obs.before_step(model)
+
+    def after_step(self, model: nn.Module, sample_ids: torch.Tensor) -> None:
+        """Forward ``after_step`` to every observer."""
+        for obs in self.observers:
+            obs.after_step(model, sample_ids)
+
+
+class CurveLogger:
+    """A ``StepObserver`` measuring FA/RA of each scenario every ``every`` steps and at epoch ends.
+
+    ``probes`` maps a scenario name to (forget set, retained set) samples to measure on;
+    ``per_epoch`` is the number of steps of an epoch (x axis in epochs). Call ``measure``
+    once before training for the starting point. Evaluation runs in eval mode without
+    gradients and restores the model's train flags, so training is unaffected.
+    """
+
+    def __init__(self, probes: dict[str, tuple[IndexedDataset, IndexedDataset]], *, every: int, per_epoch: int) -> None:
+        self.probes, self.every, self.per_epoch, self.step = probes, max(1, every), per_epoch, 0
+        self.curves: dict[str, dict[str, list[float]]] = {s: {"epoch": [], "FA": [], "RA": []} for s in probes}
+
+    def measure(self, model: nn.Module) -> None:
+        """Append the current FA and RA of every scenario."""
+        for scenario, (forget, retain) in self.probes.items():
+            curve = self.curves[scenario]
+            curve["epoch"].append(self.step / self.per_epoch)
+            curve["FA"].append(accuracy(model, forget))
+            curve["RA"].append(accuracy(model, retain))
+
+    def before_step(self, model: nn.Module) -> None:
+        """Do nothing (measurements are taken after steps)."""
+
+    def after_step(self, model: nn.Module, sample_ids: torch.Tensor) -> None:
+        """Count the step; measure every ``every`` steps and at the end of each epoch."""
+        self.step += 1
+        if self.step % self.every == 0 or self.step % self.per_epoch == 0:
+            self.measure(model)

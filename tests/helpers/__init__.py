@@ -1,0 +1,1 @@
+"""Test helpers: writers of small datasets in the official file formats (see ``datafiles``)."""

@@ -8,6 +8,7 @@ State directory layout::
 
     site.json                  dataset, partition id, number of samples (for the CLI)
     sample_ids.npy             the ids this client holds (validates deletion requests)
+    sample_labels.npy          their labels, aligned with sample_ids.npy (validates class requests)
     requests/<id>.json         durable deletion requests (+ <id>.forgotten.npy when served)
     receipts/<id>.json         deletion receipts
     history/<lineage>/         the pruned update history of one model lineage (one run)
@@ -40,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 SITE_FILE = "site.json"
 SAMPLE_IDS_FILE = "sample_ids.npy"
+SAMPLE_LABELS_FILE = "sample_labels.npy"
 
 
 def round_seed(seed: int, partition_id: int, server_round: int) -> int:
@@ -86,13 +88,22 @@ class ClientSite:
 
     # ------------------------------------------------------------------------ files
     def _write_site_files(self) -> None:
-        """Record which ids this client holds, so the CLI can validate requests offline."""
+        """Record which ids (and labels) this client holds, so the node CLI (``fedunlearn
+        forget``) can validate sample- and class-level requests offline.
+
+        ``sample_labels.npy`` is aligned with ``sample_ids.npy``; ``site.json`` is written
+        last and carries per-class counts, so a complete ``site.json`` means complete files.
+        """
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        labels = self.dataset.labels.numpy().astype(np.int64)
+        values, counts = np.unique(labels, return_counts=True)
         info = {"dataset": self.config.data.dataset, "partition_id": self.partition_id, "num_samples": len(self.dataset),
-                "num_classes": self.dataset.num_classes}
-        site_path = self.state_dir / SITE_FILE
-        if not site_path.exists() or json.loads(site_path.read_text(encoding="utf-8")) != info:
+                "num_classes": self.dataset.num_classes,
+                "class_counts": {str(int(v)): int(c) for v, c in zip(values, counts, strict=True)}}
+        site_path, labels_path = self.state_dir / SITE_FILE, self.state_dir / SAMPLE_LABELS_FILE
+        if not site_path.exists() or not labels_path.exists() or json.loads(site_path.read_text(encoding="utf-8")) != info:
             save_npy_atomic(self.state_dir / SAMPLE_IDS_FILE, self.dataset.ids())
+            save_npy_atomic(labels_path, labels)
             write_json_atomic(site_path, info)
 
     @property

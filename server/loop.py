@@ -37,6 +37,10 @@ class ServerState:
     test: IndexedDataset
     results: RunResults
     awaiting_commit: dict[str, Any] = field(default_factory=dict)  # request id -> commit Exchange
+    #: Called after each round's aggregation as ``hook(state, server_round, global_before)``;
+    #: ``state.strategy.last_train_replies`` holds the round's valid replies (FedEraser's
+    #: server-side update log hooks in here).
+    round_hooks: list[Callable[[ServerState, int, ArrayRecord], None]] = field(default_factory=list)
 
 
 def initial_state(config: FederationConfig) -> ServerState:
@@ -88,10 +92,13 @@ def run_round(grid: Grid, state: ServerState, server_round: int) -> RoundRecord:
     train_messages = list(strategy.configure_train(server_round, state.arrays, ConfigRecord(), grid))
     replies = list(grid.send_and_receive(train_messages, timeout=timeout))
     arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+    global_before = state.arrays
     if arrays is None:
         log(WARNING, "Round %d: no usable train reply; the global model is unchanged", server_round)
     else:
         state.arrays = arrays
+        for hook in state.round_hooks:
+            hook(state, server_round, global_before)
     eval_messages = list(strategy.configure_evaluate(server_round, state.arrays, ConfigRecord(), grid))
     eval_replies = list(grid.send_and_receive(eval_messages, timeout=timeout))
     eval_metrics = strategy.aggregate_evaluate(server_round, eval_replies)

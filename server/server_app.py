@@ -13,7 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedunlearn.config import FederationConfig
 from fedunlearn.results import RoundRecord
 from server.loop import discover_nodes, initial_state, poll_status, run_round, save_outputs
-from server.unlearning_phase import serve_pending
+from server.unlearning_phase import prepare_phases, serve_pending
 
 
 def make_server_app(
@@ -32,6 +32,7 @@ def make_server_app(
         config = FederationConfig.from_run_config({**dict(context.run_config), **dict(overrides or {})})
         log(INFO, "fedunlearn federation: %s", config.to_run_config())
         state = initial_state(config)
+        prepare_phases(state)
         discover_nodes(grid, state, wait_seconds=config.round_timeout)
         for server_round in range(1, config.num_rounds + 1):
             record = run_round(grid, state, server_round)

@@ -147,6 +147,35 @@ def run_phase(grid: Grid, state: ServerState, *, node_id: int, request_id: str, 
     return PhaseOutcome(request_id, pid, "served", None, time.perf_counter() - start, stats, metrics, receipt)
 
 
+PhaseRunner = Callable[..., PhaseOutcome]
+StateSetup = Callable[[ServerState], None]
+_PHASE_RUNNERS: dict[str, tuple[PhaseRunner, StateSetup | None]] = {}
+
+
+def register_phase_runner(method: str, *, setup: StateSetup | None = None) -> Callable[[PhaseRunner], PhaseRunner]:
+    """Register a server-side phase for ``method`` (e.g. FedEraser, which works on the
+    server's update log instead of a client correction); ``setup(state)`` runs before round 1
+    (e.g. to add a round hook). Other methods use ``run_phase``."""
+
+    def decorator(runner: PhaseRunner) -> PhaseRunner:
+        _PHASE_RUNNERS[method] = (runner, setup)
+        return runner
+
+    return decorator
+
+
+def phase_runner(method: str) -> PhaseRunner:
+    """The phase that serves requests with ``method``: a registered one or the fast-slow phase."""
+    return _PHASE_RUNNERS.get(method, (run_phase, None))[0]
+
+
+def prepare_phases(state: ServerState) -> None:
+    """Run the configured method's server-side setup, if it has one."""
+    setup = _PHASE_RUNNERS.get(state.config.unlearn.method, (run_phase, None))[1]
+    if setup is not None:
+        setup(state)
+
+
 def serve_pending(grid: Grid, state: ServerState, server_round: int) -> list[PhaseOutcome]:
     """Serve every request the clients announced, one phase each (oldest client first);
     re-send commits that were never confirmed instead of serving those twice."""
@@ -160,7 +189,8 @@ def serve_pending(grid: Grid, state: ServerState, server_round: int) -> list[Pha
             if request_id in state.awaiting_commit:
                 outcomes.append(_reconfirm(grid, state, node_id, request_id))
                 continue
-            outcome = run_phase(grid, state, node_id=node_id, request_id=request_id, server_round=server_round)
+            runner = phase_runner(state.config.unlearn.method)
+            outcome = runner(grid, state, node_id=node_id, request_id=request_id, server_round=server_round)
             outcomes.append(outcome)
             if outcome.status == "deferred":  # later requests of this client wait for the same fix
                 still_pending[node_id] = strategy.announced[node_id][position:]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import statistics
 import tempfile
@@ -197,12 +198,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{args.epochs} epoch(s), SGD lr {args.lr}; torch.set_num_threads({args.threads}); "
         f"median of {args.repeats} interleaved runs"
     )
+    load_before = os.getloadavg()
     rows = []
     for setting in _settings(args):
         rows.append(bench_setting(args, data, train, setting))
         print(format_table(rows[-1:]).splitlines()[-1], flush=True)
     table = format_table(rows)
-    print("\n" + table)
+    load = {"before": load_before, "after": os.getloadavg(), "cpus": os.cpu_count()}
+    print(f"\n{table}\nload average (1/5/15 min) before {load_before}, after {load['after']} on {os.cpu_count()} CPUs")
     result = {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "samples": len(data),
@@ -210,6 +213,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "platform": platform.platform(),
+        "load_average": load,
         "rows": [asdict(r) for r in rows],
         "table": table,
     }

@@ -165,16 +165,17 @@ def run_scenario(cell: Cell, profile: Profile, scenario: str, ids: np.ndarray, r
 
 def run_sweep(cell: Cell, profile: Profile, class_ids: np.ndarray, results: Results, *, seed: int) -> None:
     """Figure 4: conventional vs partial amnesiac on growing subsets of the forget class."""
-    total = sum(r.steps for r in cell.full.usage().rounds)
+    full = cell.histories[1.0]
+    total = sum(r.steps for r in full.usage().rounds)
     per_epoch = cell.train.num_batches(profile.batch_size)
     sweeps = sweep_forget_sets(class_ids, steps_per_epoch=per_epoch, fractions=profile.sweep_batch_fractions, seed=seed)
-    methods = {
-        "original": None,
-        "amnesiac": MethodSpec("amnesiac", "amnesiac", history="full"),
-        "partial_amnesiac": MethodSpec("partial_amnesiac", "partial_amnesiac", history="partial"),
-    }
+    methods: dict[str, MethodSpec | None] = {"original": None}
+    for ratio in profile.history_ratios():
+        name = "amnesiac" if ratio == 1.0 else "partial_amnesiac"
+        label = name if ratio in (1.0, profile.keep_ratio) else f"{name}@{ratio:g}"
+        methods[label] = MethodSpec(label, name, history="full" if ratio == 1.0 else "partial", history_keep=ratio)
     for target, ids in tqdm(sweeps, desc=f"sweep {cell.spec.name}/{cell.model_name}", leave=False):
-        affected = len(cell.full.affected_steps(ids)) / total
+        affected = len(full.affected_steps(ids)) / total
         split = ForgetRetainSplit(cell.train.subset_by_ids(ids), cell.train.without_ids(ids))
         retain = capped(split.retain, profile.max_retain_eval, seed, 5)
         for label, spec in methods.items():
@@ -225,22 +226,11 @@ def _run_model(
         train = capped(bundle.train, spec.train_samples, seed, 1)
         forget = {s: SCENARIOS[s](train, spec, profile, seed) for s in profile.scenarios}
         cell, curves, seconds = train_original(profile, spec, bundle, name, seed=seed, tmp=Path(tmp), forget=forget)
-        usage = {"full": cell.full.usage(), "partial": cell.partial.usage()}
+        usage = {f"keep_{ratio:g}": store.usage() for ratio, store in cell.histories.items()}
+        stored = {k: {"disk_bytes": u.disk_bytes, "dense_bytes": u.dense_bytes} for k, u in usage.items()}
+        steps = sum(r.steps for r in cell.histories[1.0].usage().rounds)
         results.add(
-            "history",
-            {
-                "dataset": spec.name,
-                "model": name,
-                "train_seconds": seconds,
-                **{
-                    k: {
-                        "disk_bytes": u.disk_bytes,
-                        "dense_bytes": u.dense_bytes,
-                        "steps": sum(r.steps for r in u.rounds),
-                    }
-                    for k, u in usage.items()
-                },
-            },
+            "history", {"dataset": spec.name, "model": name, "train_seconds": seconds, "steps": steps, **stored}
         )
         tqdm.write(f"{spec.name}/{name}: {profile.epochs} epochs on {len(cell.train)} samples in {seconds:.1f}s")
         for scenario, ids in forget.items():

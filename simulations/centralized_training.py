@@ -1,15 +1,16 @@
 """Training the original model with its two histories, and serving a request with one method.
 
 Used by ``simulations.centralized``: ``train_original`` trains once (seeded), recording the
-same steps into a full history (keep_ratio 1.0, conventional amnesiac) and a pruned one
-(``Profile.keep_ratio``, partial amnesiac), one history round per epoch, while logging FA/RA
-curves; ``apply_method`` runs one registered method on a copy of the trained model.
+same steps into a full history (keep_ratio 1.0, conventional amnesiac) and pruned ones
+(``Profile.history_ratios()``, partial amnesiac), one history round per epoch, while logging
+FA/RA curves; ``apply_method`` runs one registered method on a copy of the trained model.
 """
 
 from __future__ import annotations
 
 import copy
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,15 +32,14 @@ from simulations.recording import CurveLogger, FanOut
 
 @dataclass
 class Cell:
-    """A trained original model with its two histories, ready to serve deletion requests."""
+    """A trained original model with its histories (by keep ratio), ready to serve deletion requests."""
 
     spec: DatasetSpec
     model_name: str
     train: IndexedDataset
     test: IndexedDataset
     model: nn.Module
-    full: HistoryStore
-    partial: HistoryStore
+    histories: dict[float, HistoryStore]
     train_config: TrainConfig
     bundle: DatasetBundle
 
@@ -67,13 +67,19 @@ def train_original(
     tmp: Path,
     forget: dict[str, np.ndarray],
 ) -> tuple[Cell, dict[str, dict[str, list[float]]], float]:
-    """Train once, recording both histories and the FA/RA curves of every scenario."""
+    """Train once, recording every history (one round per epoch) and the FA/RA curves of each scenario.
+
+    All histories (keep ratio 1.0 and each partial ratio of the profile) are fed by one
+    observer, so they describe the very same training run.
+    """
     train = capped(bundle.train, spec.train_samples, seed, 1)
     test = capped(bundle.test, spec.test_samples, seed, 2)
     config = TrainConfig(model=name, batch_size=profile.batch_size, lr=profile.lr, momentum=profile.momentum)
     model = fresh_model(bundle, name, seed)
-    full = HistoryStore.for_model(tmp / "full", model=model, config=HistoryConfig(keep_ratio=1.0))
-    partial = HistoryStore.for_model(tmp / "partial", model=model, config=HistoryConfig(keep_ratio=profile.keep_ratio))
+    stores = {
+        ratio: HistoryStore.for_model(tmp / f"keep-{ratio}", model=model, config=HistoryConfig(keep_ratio=ratio))
+        for ratio in profile.history_ratios()
+    }
     probes = {
         s: (
             capped(train.subset_by_ids(ids), profile.curve_eval_samples, seed, 3),
@@ -86,17 +92,12 @@ def train_original(
     curves.measure(model)
     start = time.perf_counter()
     for epoch in tqdm(range(profile.epochs), desc=f"train {spec.name}/{name}", leave=False):
-        with full.record_round(epoch) as rec_full, partial.record_round(epoch) as rec_partial:
-            train_local(
-                model,
-                train,
-                config=config,
-                seed=seed * 10_007 + epoch,
-                epochs=1,
-                observer=FanOut(rec_full, rec_partial, curves),
-            )
+        with ExitStack() as stack:
+            recorders = [stack.enter_context(store.record_round(epoch)) for store in stores.values()]
+            observer = FanOut(*recorders, curves)
+            train_local(model, train, config=config, seed=seed * 10_007 + epoch, epochs=1, observer=observer)
     seconds = time.perf_counter() - start
-    return Cell(spec, name, train, test, model, full, partial, config, bundle), curves.curves, seconds
+    return Cell(spec, name, train, test, model, stores, config, bundle), curves.curves, seconds
 
 
 def apply_method(
@@ -104,7 +105,8 @@ def apply_method(
 ) -> tuple[nn.Module, float, float]:
     """Serve the request with one method; returns (unlearned model, seconds, keep ratio)."""
     config = spec.config(profile, scenario, epochs=profile.epochs)
-    history = {"full": cell.full, "partial": cell.partial, None: None}[spec.history]
+    ratio = spec.history_ratio(profile)
+    history = None if ratio is None else cell.histories[ratio]
     context = UnlearnContext(
         history=history,
         history_weighted=False,

@@ -12,13 +12,14 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from fedunlearn.config import FederationConfig
 from fedunlearn.data import IndexedDataset
 from fedunlearn.data.backdoor import TriggerPattern
-from fedunlearn.metrics import BackdoorSpec, average_gap, evaluate_unlearning
+from fedunlearn.metrics import BackdoorSpec, accuracy, average_gap, evaluate_unlearning
 from fedunlearn.site import ClientSite
 
 
@@ -30,6 +31,7 @@ class GroundTruth:
     retain: IndexedDataset
     test: IndexedDataset
     forget_by_client: dict[int, int]
+    forget_by_request: dict[str, IndexedDataset]
 
 
 def client_site(config: FederationConfig, partition_id: int) -> ClientSite:
@@ -40,7 +42,7 @@ def client_site(config: FederationConfig, partition_id: int) -> ClientSite:
 
 def ground_truth(config: FederationConfig) -> GroundTruth:
     """Rebuild D_f from the served requests' ``*.forgotten.npy`` files and D_r from the rest."""
-    forget_parts, retain_parts, counts = [], [], {}
+    forget_parts, retain_parts, counts, by_request = [], [], {}, {}
     test: IndexedDataset | None = None
     for pid in range(config.data.num_clients):
         site = client_site(config, pid)
@@ -49,12 +51,14 @@ def ground_truth(config: FederationConfig) -> GroundTruth:
         if len(forgotten):
             forget_parts.append(site.dataset.subset_by_ids(forgotten))
             counts[pid] = int(len(forgotten))
+        for path in sorted(site.queue.dir.glob("*.forgotten.npy")):
+            by_request[path.name.removesuffix(".forgotten.npy")] = site.dataset.subset_by_ids(np.load(path))
         retain_parts.append(site.dataset.without_ids(forgotten))
     if not forget_parts:
         raise RuntimeError(f"no served deletion request under {config.state_root}: nothing to compare")
     assert test is not None
     retain = IndexedDataset.concat([p for p in retain_parts if len(p)])
-    return GroundTruth(IndexedDataset.concat(forget_parts), retain, test, counts)
+    return GroundTruth(IndexedDataset.concat(forget_parts), retain, test, counts, by_request)
 
 
 def load_model(config: FederationConfig, truth: GroundTruth, path: Path) -> nn.Module:
@@ -75,6 +79,7 @@ def compare_to_retrain(
     if config.backdoor.client is not None:
         backdoor = BackdoorSpec(target_label=config.backdoor.target, pattern=TriggerPattern(size=config.backdoor.trigger_size))
     rows: dict[str, Any] = {}
+    per_request: dict[str, dict[str, Any]] = {rid: {} for rid in truth.forget_by_request}
     for name, path in (("unlearned", unlearned), ("RT", retrained), ("before", before)):
         if path is None:
             continue
@@ -82,6 +87,9 @@ def compare_to_retrain(
         metrics = evaluate_unlearning(model, forget=truth.forget, retain=truth.retain, test=truth.test,
                                       reference_model=rt_model, backdoor=backdoor, seed=seed)
         rows[name] = metrics.to_dict()
+        for rid, forget in truth.forget_by_request.items():
+            per_request[rid][name] = {"FA": accuracy(model, forget), "num_forget": len(forget)}
+    rows["requests"] = per_request
     rows["avg_gap_rt"] = average_gap(rows["unlearned"], rows["RT"])
     if "before" in rows:
         rows["avg_gap_rt_before"] = average_gap(rows["before"], rows["RT"])

@@ -24,9 +24,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 Row = dict[str, Any]
 
-#: Rows drawn after the unlearning request in the Figure 1-2 plots, with their colours.
-AMNESIAC_ROWS: dict[str, str] = {"amnesiac": "tab:red", "amnesiac+ft": "tab:purple", "partial_amnesiac": "tab:green"}
-SWEEP_COLOURS: dict[str, str] = {"amnesiac": "tab:red", "partial_amnesiac": "tab:green"}
+#: Fixed colours of the amnesiac rows; other partial_amnesiac@rho rows take the next of EXTRA_COLOURS.
+COLOURS: dict[str, str] = {"amnesiac": "tab:red", "amnesiac+ft": "tab:purple", "partial_amnesiac": "tab:green"}
+EXTRA_COLOURS = ("tab:olive", "tab:cyan", "tab:brown", "tab:pink")
+
+
+def amnesiac_colours(labels: Iterable[str]) -> dict[str, str]:
+    """Colour per amnesiac-family row label (amnesiac, amnesiac+ft, partial_amnesiac[@rho]), in order."""
+    wanted = [x for x in dict.fromkeys(labels) if x in COLOURS or x.startswith("partial_amnesiac")]
+    extra = iter(EXTRA_COLOURS * 4)
+    return {x: COLOURS.get(x) or next(extra) for x in sorted(wanted, key=lambda x: (x not in COLOURS, x))}
 
 
 def _cells(rows: Iterable[Row]) -> list[tuple[str, str]]:
@@ -67,7 +74,7 @@ def plot_training_curves(curves: Sequence[Row], runs: Sequence[Row], *, scenario
         ax.text(end, 50, " unlearning\n request", fontsize=8, color="grey", va="center")
         key = (curve["dataset"], curve["model"], scenario)
         cell = [r for r in runs if (r["dataset"], r["model"], r["scenario"]) == key]
-        for offset, (label, colour) in enumerate(AMNESIAC_ROWS.items(), start=1):
+        for offset, (label, colour) in enumerate(amnesiac_colours(r["method"] for r in cell).items(), start=1):
             row = next((r for r in cell if r["method"] == label), None)
             if row is None:
                 continue
@@ -98,14 +105,15 @@ def plot_affected_batches(sweep: Sequence[Row], *, path: Path) -> Path | None:
     Per dataset/model: left, retained accuracy (model efficacy) after conventional vs partial
     amnesiac unlearning; right, accuracy on the forgotten samples. Dotted: before unlearning.
     """
-    cells = _cells(r for r in sweep if r["method"] in SWEEP_COLOURS)
+    colours = amnesiac_colours(r["method"] for r in sweep)
+    cells = _cells(r for r in sweep if r["method"] in colours)
     if not cells:
         return None
     fig, axes = plt.subplots(len(cells), 2, figsize=(11, 4.0 * len(cells)), squeeze=False)
     for (dataset, model), pair in zip(cells, axes, strict=True):
         rows = [r for r in sweep if (r["dataset"], r["model"]) == (dataset, model)]
         for ax, key, what in ((pair[0], "RA", "retained data (efficacy)"), (pair[1], "FA", "forgotten samples")):
-            for method, colour in SWEEP_COLOURS.items():
+            for method, colour in colours.items():
                 pts = sorted((100 * r["affected_fraction"], 100 * r[key]) for r in rows if r["method"] == method)
                 if pts:
                     ax.plot(*zip(*pts, strict=True), marker="o", color=colour, label=method)

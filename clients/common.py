@@ -24,7 +24,7 @@ FEDUNLEARN_ERROR_CODE = 100
 Handler = Callable[[Message, Context], Message]
 
 
-def open_site(message: Message, context: Context) -> ClientSite:
+def open_site(message: Message, context: Context, *, apply_schedule: bool = True) -> ClientSite:
     """The site this node serves, configured by the server's federation record and the
     node's own ``node_config``; also stores any FedAvg round weights the message carries."""
     federation = FederationConfig.from_run_config(dict(message.content[protocol.FEDERATION]))
@@ -45,7 +45,8 @@ def open_site(message: Message, context: Context) -> ClientSite:
     weights = message.content.config_records.get(protocol.ROUND_WEIGHTS)
     if weights is not None:
         site.record_round_weights(list(weights[protocol.ROUNDS]), list(weights[protocol.WEIGHTS]))  # type: ignore[arg-type]
-    site.apply_schedule(server_round(message))
+    if apply_schedule:
+        site.apply_schedule(server_round(message))
     return site
 
 

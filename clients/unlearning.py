@@ -14,6 +14,7 @@ from clients.common import config_value, global_state, open_site, requested, sta
 from fedunlearn import protocol
 from fedunlearn import site_unlearning as su
 from fedunlearn.deletion import DeletionReceipt
+from fedunlearn.snapshots import restore_state, snapshot_state
 
 
 def fisher(message: Message, context: Context) -> Message:
@@ -82,3 +83,17 @@ def commit(message: Message, context: Context) -> Message:
                           protocol.RECEIPT: ConfigRecord({protocol.RECEIPT_JSON: json.dumps(receipt.to_json())}),
                           protocol.STATUS: status_record(site)})
     return Message(content, reply_to=message)
+
+
+def snapshot(message: Message, context: Context) -> Message:
+    """Benchmarks: save this client's state (history, requests, receipts) under a name."""
+    site = open_site(message, context)
+    snapshot_state(site.state_dir, str(config_value(message, protocol.SNAPSHOT_NAME)))
+    return Message(RecordDict({protocol.STATUS: status_record(site)}), reply_to=message)
+
+
+def restore(message: Message, context: Context) -> Message:
+    """Benchmarks: put this client's state back to a saved snapshot."""
+    site = open_site(message, context, apply_schedule=False)
+    restore_state(site.state_dir, str(config_value(message, protocol.SNAPSHOT_NAME)))
+    return Message(RecordDict({protocol.STATUS: status_record(site)}), reply_to=message)

@@ -10,6 +10,10 @@ from collections.abc import Sequence
 #: subcommand -> (module with ``main(argv)``, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("simulations.simulate", "run a federation as a Flower simulation"),
+    "forget": ("fedunlearn.node_cli.forget", "queue a deletion request on this node (run on the node)"),
+    "receipts": ("fedunlearn.node_cli.receipts", "list this node's deletion receipts and pending requests"),
+    "make-certs": ("fedunlearn.deploy.certs", "create a private CA, SuperLink certificate and SuperNode keys"),
+    "deploy-local": ("simulations.deploy_local", "run a TLS-authenticated SuperLink + SuperNodes on 127.0.0.1"),
 }
 
 

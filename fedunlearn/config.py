@@ -124,12 +124,15 @@ class HistoryConfig:
     ``keep_ratio`` is rho in ALGORITHMS.md: the fraction of each layer's entries kept per
     step (1.0 = full, conventional amnesiac storage). ``selector`` picks which entries:
     largest magnitude (``topk``) or uniformly at random (``random``, for ablation).
+    ``record_full`` also keeps a dense (keep_ratio 1.0) history from the same steps, which
+    conventional ``amnesiac`` uses: for benchmarks that compare the two.
     """
 
     keep_ratio: float = 0.1
     selector: SelectorName = field(default="topk", metadata=_key("history-selector"))
     value_dtype: ValueDtype = field(default="float32", metadata=_key("history-dtype"))
     enabled: bool = field(default=True, metadata=_key("record-history"))
+    record_full: bool = field(default=False, metadata=_key("history-record-full"))
 
     def __post_init__(self) -> None:
         checks = _Checks()

@@ -23,6 +23,9 @@ TRAIN_FORGET: Final = "train.forget"
 TRAIN_REMAIN: Final = "train.remain"
 #: Verification of an unlearning phase: FA / MIA on the forgetting client, RA elsewhere.
 EVALUATE_VERIFY: Final = "evaluate.verify"
+#: Benchmarks: copy / restore the client's state directory under a name.
+QUERY_SNAPSHOT: Final = "query.snapshot"
+QUERY_RESTORE: Final = "query.restore"
 #: End of a phase: the forgetting client marks the request served (or failed), purges the
 #: history entries it spent, and stores the receipt.
 QUERY_COMMIT: Final = "query.commit"
@@ -73,3 +76,4 @@ RA: Final = "RA"
 MIA: Final = "MIA"
 NUM_FORGET: Final = "num-forget"
 NUM_RETAINED: Final = "num-retained"
+SNAPSHOT_NAME: Final = "snapshot-name"

@@ -16,6 +16,8 @@ State directory layout::
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -34,7 +36,7 @@ from fedunlearn.history import HistoryStore, StorageUsage
 from fedunlearn.metrics import EvalResult, evaluate_loss_accuracy
 from fedunlearn.models import build_model
 from fedunlearn.schedule import ScheduledDeletion, parse_schedule
-from fedunlearn.training import TrainResult, train_local
+from fedunlearn.training import FanOut, TrainResult, train_local
 from fedunlearn.types import SampleIds, StateDict
 
 logger = logging.getLogger(__name__)
@@ -110,6 +112,11 @@ class ClientSite:
     def history_dir(self) -> Path:
         return self.state_dir / "history" / self.lineage
 
+    @property
+    def full_history_dir(self) -> Path:
+        """The dense companion history (``record_full``), used by conventional amnesiac."""
+        return self.state_dir / "history" / f"{self.lineage}-full"
+
     # ------------------------------------------------------------------------ model & data
     def build_model(self, state: StateDict | None = None) -> nn.Module:
         """The federation's architecture, optionally loaded with ``state``."""
@@ -118,9 +125,17 @@ class ClientSite:
             model.load_state_dict(state)
         return model
 
-    def history(self, model: nn.Module) -> HistoryStore:
-        """This lineage's history store (created on first use)."""
+    def history(self, model: nn.Module, *, full: bool = False) -> HistoryStore:
+        """This lineage's history store (created on first use); ``full``: the dense companion."""
+        if full:
+            return HistoryStore.for_model(self.full_history_dir, model=model,
+                                          config=dataclasses.replace(self.config.history, keep_ratio=1.0))
         return HistoryStore.for_model(self.history_dir, model=model, config=self.config.history)
+
+    def history_stores(self, model: nn.Module) -> list[HistoryStore]:
+        """Every history this client keeps (the pruned one, and the dense one if recorded)."""
+        stores = [self.history(model)] if self.history_dir.exists() else []
+        return stores + ([self.history(model, full=True)] if self.full_history_dir.exists() else [])
 
     def forgotten_ids(self) -> SampleIds:
         """Ids of served deletion requests: never trained on again."""
@@ -171,8 +186,11 @@ class ClientSite:
             result = train_local(model, data, config=self.config.train, seed=seed)
             return RoundOutcome(model.state_dict(), result, StorageUsage(0, 0, 0, ()), 0)
         store = self.history(model)
-        with store.record_round(server_round, generator=torch.Generator().manual_seed(seed)) as recorder:
-            result = train_local(model, data, config=self.config.train, seed=seed, observer=recorder)
+        full = self.history(model, full=True) if self.config.history.record_full else None
+        with contextlib.ExitStack() as stack:
+            recorder = stack.enter_context(store.record_round(server_round, generator=torch.Generator().manual_seed(seed)))
+            observer = recorder if full is None else FanOut(recorder, stack.enter_context(full.record_round(server_round)))
+            result = train_local(model, data, config=self.config.train, seed=seed, observer=observer)
         usage = store.usage()
         round_bytes = next((r.bytes for r in usage.rounds if r.round == server_round), 0)
         return RoundOutcome(model.state_dict(), result, usage, round_bytes)
@@ -181,11 +199,11 @@ class ClientSite:
         """Store the FedAvg weights the server reports (idempotent; unknown rounds ignored)."""
         if not self.config.history.enabled or not rounds or not self.history_dir.exists():
             return
-        store = HistoryStore.for_model(self.history_dir, model=self.build_model(), config=self.config.history)
-        stored = {row.round: row.weight for row in store.usage().rounds}
-        for r, w in zip(rounds, weights, strict=True):
-            if r in stored and stored[r] != w:
-                store.set_round_weight(r, w)
+        for store in self.history_stores(self.build_model()):
+            stored = {row.round: row.weight for row in store.usage().rounds}
+            for r, w in zip(rounds, weights, strict=True):
+                if r in stored and stored[r] != w:
+                    store.set_round_weight(r, w)
 
     def evaluate(self, state: StateDict) -> EvalResult:
         """Loss and accuracy of ``state`` on this client's retained training data."""

@@ -29,10 +29,12 @@ from fedunlearn.config import UnlearnConfig
 from fedunlearn.deletion import DeletionReceipt, DeletionRequest, ids_digest
 from fedunlearn.errors import DeletionRequestError
 from fedunlearn.metrics import accuracy, mia_efficacy
+from fedunlearn.history import HistoryStore
 from fedunlearn.site import ClientSite, round_seed
 from fedunlearn.types import Delta, SampleIds, StateDict
 from fedunlearn.unlearning import Correction, Cost, ForgetRetainSplit, SFROnSession, UnlearnContext, get_method
 from fedunlearn.unlearning.remain import remain_steps
+from fedunlearn.unlearning.common import method_needs_retain
 from fedunlearn.unlearning.saliency import build_saliency_mask, diagonal_fisher
 
 logger = logging.getLogger(__name__)
@@ -111,14 +113,28 @@ def fast_correction(
     if is_spread(config):
         correction = _sfr_fast_share(site, model, split, request, outer_step, remain_fisher, seed)
     elif outer_step > 0:
-        zero = {k: torch.zeros_like(v) for k, v in state.items() if v.is_floating_point()}
-        correction = Correction(config.method, zero, Cost(), {"skipped": "one-shot method, already applied"})
+        correction = _zero(config.method, state, "one-shot method, already applied")
+    elif len(split.retain) == 0 and method_needs_retain(config.method, config):
+        correction = _zero(config.method, state, "no retained data on this client; the slow steps do the work")
     else:
-        history = site.history(model) if config.method in HISTORY_METHODS else None
+        history = _history_for(site, model, config.method)
         context = UnlearnContext(history=history, history_weighted=True, train_config=site.config.train, seed=seed,
                                  remain_fisher=remain_fisher, model_factory=site.build_model)
         correction = get_method(config.method)(model, split=split, config=config, context=context)
     return FastResult(correction, fa_before, len(split.forget), len(split.retain))
+
+
+def _zero(method: str, state: StateDict, why: str) -> Correction:
+    zero = {k: torch.zeros_like(v) for k, v in state.items() if v.is_floating_point()}
+    return Correction(method, zero, Cost(), {"skipped": why})
+
+
+def _history_for(site: ClientSite, model: torch.nn.Module, method: str) -> HistoryStore | None:
+    """The history a method reads: conventional amnesiac prefers the dense companion store."""
+    if method not in HISTORY_METHODS:
+        return None
+    full = method == "amnesiac" and site.full_history_dir.exists()
+    return site.history(model, full=full)
 
 
 def _sfr_fast_share(
@@ -210,9 +226,7 @@ def commit(site: ClientSite, request: DeletionRequest, receipt: DeletionReceipt)
     Returns the completed receipt and the number of purged history steps.
     """
     ids = resolve_request(site, request)
-    purged = 0
-    if site.history_dir.exists():
-        purged = site.history(site.build_model()).purge(ids)
+    purged = sum(store.purge(ids) for store in site.history_stores(site.build_model()))
     final = dataclasses.replace(receipt, request_id=request.request_id, kind=request.kind, num_samples=len(ids),
                                 ids_sha256=ids_digest(ids))
     site.queue.mark_served(request.request_id, resolved_ids=ids, receipt=final)

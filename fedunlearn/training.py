@@ -30,6 +30,22 @@ class StepObserver(Protocol):
     def after_step(self, model: nn.Module, sample_ids: torch.Tensor) -> None: ...
 
 
+class FanOut:
+    """A StepObserver forwarding every call to several observers, in order (e.g. a pruned and
+    a full history recorded from one training run, so both describe the same model)."""
+
+    def __init__(self, *observers: StepObserver) -> None:
+        self.observers = observers
+
+    def before_step(self, model: nn.Module) -> None:
+        for observer in self.observers:
+            observer.before_step(model)
+
+    def after_step(self, model: nn.Module, sample_ids: torch.Tensor) -> None:
+        for observer in self.observers:
+            observer.after_step(model, sample_ids)
+
+
 @dataclass(frozen=True)
 class TrainResult:
     """What one call of local training did."""

@@ -36,6 +36,7 @@ class ServerState:
     model: torch.nn.Module
     test: IndexedDataset
     results: RunResults
+    initial: dict[str, torch.Tensor] = field(default_factory=dict)  # the seeded round-0 weights
     awaiting_commit: dict[str, Any] = field(default_factory=dict)  # request id -> commit Exchange
     #: Called after each round's aggregation as ``hook(state, server_round, global_before)``;
     #: ``state.strategy.last_train_replies`` holds the round's valid replies (FedEraser's
@@ -50,7 +51,9 @@ def initial_state(config: FederationConfig) -> ServerState:
     model = build_model(config.train.model, input_shape=data.bundle.input_shape, num_classes=data.num_classes)
     arrays = ArrayRecord(model.state_dict())
     strategy = UnlearningFedAvg(config, reference=arrays)
-    return ServerState(config, strategy, arrays, model, data.test, RunResults(config=dict(config.to_run_config())))
+    results = RunResults(config=dict(config.to_run_config()))
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    return ServerState(config, strategy, arrays, model, data.test, results, initial=initial)
 
 
 def discover_nodes(grid: Grid, state: ServerState, *, wait_seconds: float) -> None:
@@ -86,8 +89,9 @@ def poll_status(grid: Grid, state: ServerState, server_round: int) -> None:
     strategy.note_status(grid.send_and_receive(messages, timeout=state.config.round_timeout))
 
 
-def run_round(grid: Grid, state: ServerState, server_round: int) -> RoundRecord:
-    """One FedAvg round: train, aggregate, client evaluation, server-side test evaluation."""
+def run_round(grid: Grid, state: ServerState, server_round: int, *, record: bool = True) -> RoundRecord:
+    """One FedAvg round: train, aggregate, client evaluation, server-side test evaluation
+    (appended to the run's results unless ``record`` is False)."""
     start, strategy, timeout = time.perf_counter(), state.strategy, state.config.round_timeout
     train_messages = list(strategy.configure_train(server_round, state.arrays, ConfigRecord(), grid))
     replies = list(grid.send_and_receive(train_messages, timeout=timeout))
@@ -103,7 +107,7 @@ def run_round(grid: Grid, state: ServerState, server_round: int) -> RoundRecord:
     eval_replies = list(grid.send_and_receive(eval_messages, timeout=timeout))
     eval_metrics = strategy.aggregate_evaluate(server_round, eval_replies)
     test = evaluate_global(state)
-    record = RoundRecord(
+    row = RoundRecord(
         round=server_round,
         train_loss=_metric(train_metrics, protocol.TRAIN_LOSS),
         client_eval_accuracy=_metric(eval_metrics, protocol.EVAL_ACCURACY),
@@ -114,10 +118,11 @@ def run_round(grid: Grid, state: ServerState, server_round: int) -> RoundRecord:
         failures=len(replies) - len(strategy.last_train_replies),
         messages=len(train_messages) + len(replies) + len(eval_messages) + len(eval_replies),
     )
-    state.results.rounds.append(record)
-    log(INFO, "[ROUND %d] train loss %.4f | test acc %.4f | %.1f s", server_round, record.train_loss or float("nan"),
-        record.test_accuracy, record.seconds)
-    return record
+    if record:
+        state.results.rounds.append(row)
+    log(INFO, "[ROUND %d] train loss %.4f | test acc %.4f | %.1f s", server_round, row.train_loss or float("nan"),
+        row.test_accuracy, row.seconds)
+    return row
 
 
 def evaluate_global(state: ServerState, arrays: ArrayRecord | None = None) -> EvalResult:

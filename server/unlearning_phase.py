@@ -195,6 +195,8 @@ def serve_pending(grid: Grid, state: ServerState, server_round: int) -> list[Pha
             if outcome.status == "deferred":  # later requests of this client wait for the same fix
                 still_pending[node_id] = strategy.announced[node_id][position:]
                 break
+        if node_id not in still_pending:
+            strategy.announced[node_id] = []  # served: no longer excluded from others' slow steps
     strategy.announced = still_pending
     for outcome in outcomes:
         state.results.events.append({"type": "unlearning", "round": server_round, **dataclasses.asdict(outcome)})
@@ -220,7 +222,9 @@ def _reconfirm(grid: Grid, state: ServerState, node_id: int, request_id: str) ->
 def _fast_slow_loop(grid: Grid, state: ServerState, node_id: int, request_id: str, stats: PhaseStats) -> tuple[dict[str, torch.Tensor], int]:
     strategy, cfg = state.strategy, state.config.unlearn
     theta = dict(state.arrays.to_torch_state_dict())
-    remaining = [n for n in strategy.active_nodes(grid) if n != node_id]
+    # Clients whose own deletions are still waiting must not reinforce that data in the slow steps.
+    waiting = {n for n, ids in strategy.announced.items() if ids and n != node_id}
+    remaining = [n for n in strategy.active_nodes(grid) if n != node_id and n not in waiting]
     fisher = _remain_fisher(grid, state, remaining, theta, stats) if _needs_fisher(state) else None
     steps_run = 0
     for step in range(cfg.outer_steps):

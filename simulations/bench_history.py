@@ -5,10 +5,11 @@ round, with and without recording, for several keep ratios and value dtypes. Run
 interleaved (plain, recorded, plain, recorded, ...) and the median of the repeats is
 reported. Torch uses one thread, as each simulated client gets one core.
 
-Three views of the overhead, because a shared machine makes whole-run differences noisy:
-wall-clock (what a client waits, fsync included), process CPU time, and the time spent
-inside the recorder itself (its before/after-step hooks plus the commit at the end of the
-round) relative to the plain run.
+Several views of the overhead, because a shared machine makes whole-run differences noisy:
+``wall ovh`` (recorded vs plain wall-clock, what a client waits, fsync included), ``cpu ovh``
+(the same in process CPU time), ``rec ovh`` (wall time inside the recorder's hooks plus the
+commit at the end of the round, over the plain run's wall time) and ``rec cpu ovh`` (CPU
+time inside the hooks over the plain run's CPU time; the least disturbed by other jobs).
 
     python -m simulations.bench_history --out results/bench
 """
@@ -52,6 +53,7 @@ class Timing:
     wall_s: float
     cpu_s: float
     hooks_s: float = 0.0
+    hooks_cpu_s: float = 0.0
     commit_s: float = 0.0
 
 
@@ -73,29 +75,36 @@ class Row:
     recorder_ms_per_step: float
     commit_s: float
     recorder_overhead_pct: float
+    recorder_cpu_overhead_pct: float
     plain_runs: list[Timing]
     recorded_runs: list[Timing]
 
 
 class _TimedObserver:
-    """Forwards to a RoundRecorder and adds up the wall time spent in its hooks."""
+    """Forwards to a RoundRecorder and adds up the wall and CPU time spent in its hooks."""
 
     def __init__(self, recorder: RoundRecorder) -> None:
-        self.recorder, self.seconds = recorder, 0.0
+        self.recorder, self.seconds, self.cpu_seconds = recorder, 0.0, 0.0
 
     def before_step(self, model: nn.Module) -> None:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         self.recorder.before_step(model)
         self.seconds += time.perf_counter() - start
+        self.cpu_seconds += time.thread_time() - cpu
 
     def after_step(self, model: nn.Module, sample_ids: torch.Tensor) -> None:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         self.recorder.after_step(model, sample_ids)
         self.seconds += time.perf_counter() - start
+        self.cpu_seconds += time.thread_time() - cpu
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Show defaults and keep the description's line breaks."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("results/bench_history"), help="output directory")
     parser.add_argument("--dataset", default="mnist", help="dataset name (files under $FEDUNLEARN_DATA)")
     parser.add_argument("--model", default="lenet", help="registered model name")
@@ -140,7 +149,7 @@ def _time_recorded(
         train_local(model, data, config=train, seed=args.seed, observer=timed)
         trained = time.perf_counter()
     end = time.perf_counter()
-    return Timing(end - wall, time.process_time() - cpu, timed.seconds, end - trained), store
+    return Timing(end - wall, time.process_time() - cpu, timed.seconds, timed.cpu_seconds, end - trained), store
 
 
 def bench_setting(args: argparse.Namespace, data: IndexedDataset, train: TrainConfig, setting: Setting) -> Row:
@@ -155,22 +164,25 @@ def bench_setting(args: argparse.Namespace, data: IndexedDataset, train: TrainCo
     row = usage.rounds[0]
 
     def median(runs: list[Timing], key: str) -> float:
-        return statistics.median(getattr(t, key) for t in runs)
+        return float(statistics.median(getattr(t, key) for t in runs))
 
     wall_p, wall_r = median(plain, "wall_s"), median(recorded, "wall_s")
     cpu_p, cpu_r = median(plain, "cpu_s"), median(recorded, "cpu_s")
-    hooks, commit = median(recorded, "hooks_s"), median(recorded, "commit_s")
+    hooks, hooks_cpu = median(recorded, "hooks_s"), median(recorded, "hooks_cpu_s")
+    commit = median(recorded, "commit_s")
     return Row(
         setting.keep_ratio, setting.value_dtype, row.steps, row.bytes, usage.disk_bytes, row.dense_bytes, row.ratio,
         wall_p, wall_r, 100.0 * (wall_r - wall_p) / wall_p, 100.0 * (cpu_r - cpu_p) / cpu_p,
-        1e3 * hooks / max(row.steps, 1), commit, 100.0 * (hooks + commit) / wall_p, plain, recorded,
+        1e3 * hooks / max(row.steps, 1), commit, 100.0 * (hooks + commit) / wall_p, 100.0 * hooks_cpu / cpu_p,
+        plain, recorded,
     )
 
 
 def format_table(rows: list[Row]) -> str:
     header = (
         f"{'rho':>5} {'dtype':>7} {'steps':>5} {'history MB':>10} {'dense MB':>9} {'ratio':>6} {'plain s':>8} "
-        f"{'recorded s':>10} {'wall ovh':>8} {'cpu ovh':>8} {'hook ms/step':>12} {'commit s':>8} {'recorder ovh':>12}"
+        f"{'recorded s':>10} {'wall ovh':>8} {'cpu ovh':>8} {'hook ms/step':>12} {'commit s':>8} {'rec ovh':>8} "
+        f"{'rec cpu ovh':>11}"
     )
     lines = [header, "-" * len(header)]
     for r in rows:
@@ -178,7 +190,7 @@ def format_table(rows: list[Row]) -> str:
             f"{r.keep_ratio:>5g} {r.value_dtype:>7} {r.steps:>5} {r.history_bytes / 1e6:>10.3f} "
             f"{r.dense_bytes / 1e6:>9.3f} {r.ratio:>6.3f} {r.train_s_plain:>8.2f} {r.train_s_recorded:>10.2f} "
             f"{r.overhead_pct:>7.1f}% {r.cpu_overhead_pct:>7.1f}% {r.recorder_ms_per_step:>12.3f} "
-            f"{r.commit_s:>8.3f} {r.recorder_overhead_pct:>11.1f}%"
+            f"{r.commit_s:>8.3f} {r.recorder_overhead_pct:>7.1f}% {r.recorder_cpu_overhead_pct:>10.1f}%"
         )
     return "\n".join(lines)
 

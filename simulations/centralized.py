@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import platform
 import sys
 import tempfile
@@ -100,6 +101,8 @@ class Results:
                 "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
                 "machine": platform.machine(),
+                "cpus": os.cpu_count(),
+                "load_average_start": os.getloadavg(),
             },
             "runs": [],
             "curves": [],
@@ -212,7 +215,9 @@ def run(profile: Profile, *, out: Path, data_root: str | None = None, seed: int 
             continue
         for name in spec.models:
             _run_model(profile, spec, bundle, name, results, seed=seed)
-            plots.write_all(results.data, out)
+            if (spec, name) != (profile.datasets[-1], profile.datasets[-1].models[-1]):
+                plots.write_all(results.data, out)  # figures so far, in case the run is stopped
+    results.data["env"]["load_average_end"] = os.getloadavg()
     results.data.update(status="complete", wall_seconds=time.perf_counter() - start)
     results.save()
     plots.write_all(results.data, out)

@@ -88,7 +88,7 @@ def train_original(
         for s, ids in forget.items()
     }
     per_epoch = train.num_batches(profile.batch_size)
-    curves = CurveLogger(probes, every=max(1, per_epoch // profile.curve_points_per_epoch), per_epoch=per_epoch)
+    curves = CurveLogger(probes, points_per_epoch=profile.curve_points_per_epoch, per_epoch=per_epoch)
     curves.measure(model)
     start = time.perf_counter()
     for epoch in tqdm(range(profile.epochs), desc=f"train {spec.name}/{name}", leave=False):

@@ -61,7 +61,7 @@ def ground_truth(config: FederationConfig) -> GroundTruth:
     return GroundTruth(IndexedDataset.concat(forget_parts), retain, test, counts, by_request)
 
 
-def load_model(config: FederationConfig, truth: GroundTruth, path: Path) -> nn.Module:
+def load_model(config: FederationConfig, path: Path) -> nn.Module:
     """A model of the run's architecture loaded from a saved state dict."""
     site = client_site(config, 0)
     model = site.build_model()
@@ -74,7 +74,7 @@ def compare_to_retrain(
 ) -> dict[str, Any]:
     """Metrics of the unlearned, RT (and pre-unlearning) models, and the unlearned model's gaps to RT."""
     truth = ground_truth(config)
-    rt_model = load_model(config, truth, retrained)
+    rt_model = load_model(config, retrained)
     backdoor = None
     if config.backdoor.client is not None:
         backdoor = BackdoorSpec(target_label=config.backdoor.target, pattern=TriggerPattern(size=config.backdoor.trigger_size))
@@ -83,7 +83,7 @@ def compare_to_retrain(
     for name, path in (("unlearned", unlearned), ("RT", retrained), ("before", before)):
         if path is None:
             continue
-        model = rt_model if name == "RT" else load_model(config, truth, path)
+        model = rt_model if name == "RT" else load_model(config, path)
         metrics = evaluate_unlearning(model, forget=truth.forget, retain=truth.retain, test=truth.test,
                                       reference_model=rt_model, backdoor=backdoor, seed=seed)
         rows[name] = metrics.to_dict()

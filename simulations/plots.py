@@ -64,7 +64,7 @@ def plot_training_curves(curves: Sequence[Row], runs: Sequence[Row], *, scenario
     mine = [c for c in curves if c["scenario"] == scenario]
     if not mine:
         return None
-    fig, axes = _grid(len(mine), width=5.2, height=4.0)
+    fig, axes = _grid(len(mine), width=5.6 if len(mine) > 1 else 8.0, height=4.6)
     for ax, curve in zip(axes, mine, strict=True):
         epochs = curve["epoch"]
         end = epochs[-1]
@@ -91,9 +91,10 @@ def plot_training_curves(curves: Sequence[Row], runs: Sequence[Row], *, scenario
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(-3, 103)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower left")
-    fig.suptitle("Accuracy on targeted vs retained data through training and after unlearning")
-    fig.tight_layout()
+    handles = {h.get_label(): h for ax in axes for h in ax.get_legend_handles_labels()[0]}
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.suptitle("Accuracy on targeted vs retained data: training, then the unlearning request")
+    fig.tight_layout(rect=(0, 0.6 / fig.get_figheight(), 1, 1))  # ~0.6 inch for the legend
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -126,7 +127,7 @@ def plot_affected_batches(sweep: Sequence[Row], *, path: Path) -> Path | None:
             ax.set_ylabel("accuracy (%)")
             ax.set_ylim(-3, 103)
             ax.grid(alpha=0.3, which="both")
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=8, loc="best")
     fig.suptitle("Efficacy vs percentage of affected batches (forget sets: growing subsets of one class)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -35,16 +35,20 @@ class FanOut:
 
 
 class CurveLogger:
-    """A ``StepObserver`` measuring FA/RA of each scenario every ``every`` steps and at epoch ends.
+    """A ``StepObserver`` measuring FA/RA of each scenario ``points_per_epoch`` times per epoch.
 
     ``probes`` maps a scenario name to (forget set, retained set) samples to measure on;
-    ``per_epoch`` is the number of steps of an epoch (x axis in epochs). Call ``measure``
+    ``per_epoch`` is the number of steps of an epoch (x axis in epochs); measurements fall
+    at evenly spaced steps, the last one at the end of the epoch. Call ``measure``
     once before training for the starting point. Evaluation runs in eval mode without
     gradients and restores the model's train flags, so training is unaffected.
     """
 
-    def __init__(self, probes: dict[str, tuple[IndexedDataset, IndexedDataset]], *, every: int, per_epoch: int) -> None:
-        self.probes, self.every, self.per_epoch, self.step = probes, max(1, every), per_epoch, 0
+    def __init__(
+        self, probes: dict[str, tuple[IndexedDataset, IndexedDataset]], *, points_per_epoch: int, per_epoch: int
+    ) -> None:
+        self.probes, self.per_epoch, self.step = probes, per_epoch, 0
+        self.marks = {round(i * per_epoch / points_per_epoch) for i in range(1, points_per_epoch)} | {0}
         self.curves: dict[str, dict[str, list[float]]] = {s: {"epoch": [], "FA": [], "RA": []} for s in probes}
 
     def measure(self, model: nn.Module) -> None:
@@ -59,7 +63,7 @@ class CurveLogger:
         """Do nothing (measurements are taken after steps)."""
 
     def after_step(self, model: nn.Module, sample_ids: torch.Tensor) -> None:
-        """Count the step; measure every ``every`` steps and at the end of each epoch."""
+        """Count the step; measure at the evenly spaced marks of the epoch."""
         self.step += 1
-        if self.step % self.every == 0 or self.step % self.per_epoch == 0:
+        if self.step % self.per_epoch in self.marks:
             self.measure(model)

@@ -87,6 +87,12 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
+def _key_usage(**enabled: bool) -> x509.KeyUsage:
+    flags = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement",
+             "key_cert_sign", "crl_sign", "encipher_only", "decipher_only")
+    return x509.KeyUsage(**{flag: enabled.get(flag, False) for flag in flags})
+
+
 def _san(hosts: Sequence[str]) -> x509.SubjectAlternativeName:
     names: list[x509.GeneralName] = []
     for host in dict.fromkeys(hosts):
@@ -113,7 +119,7 @@ def make_server_credentials(
         .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA384())
     )
@@ -127,7 +133,7 @@ def make_server_credentials(
         .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(_san(all_hosts), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True)
+        .add_extension(_key_usage(digital_signature=True, key_agreement=True), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA384())
@@ -156,8 +162,10 @@ def make_node_key(folder: Path, *, name: str, force: bool = False) -> NodeKey:
 
 def make_local_credentials(folder: Path, *, node_names: Sequence[str], days: int = 30, force: bool = False) -> LocalCredentials:
     """CA, loopback server certificate and one key pair per node name, all in ``folder``."""
-    server = make_server_credentials(folder, days=days, force=force)
-    return LocalCredentials(server, tuple(make_node_key(folder, name=n, force=force) for n in node_names))
+    names = ["ca.crt", "ca.key", "server.pem", "server.key", *(f"{n}{ext}" for n in node_names for ext in (".key", ".pub"))]
+    _prepare(folder, names, force=force)  # all or nothing: check every file before writing one
+    server = make_server_credentials(folder, days=days, force=True)
+    return LocalCredentials(server, tuple(make_node_key(folder, name=n, force=True) for n in node_names))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -69,15 +69,16 @@ def _select_topk(flat: torch.Tensor, k: int, generator: torch.Generator | None) 
 def largest_positions(magnitude: np.ndarray, k: int) -> np.ndarray:
     """Positions of the ``k`` largest entries of a flat array (exact; order unspecified).
 
-    For large layers a strided sample of ``_SAMPLE`` entries gives a threshold that about
-    1.25 k entries exceed; the exact top k is then taken among those candidates only. Every
-    entry outside the candidates is below the threshold, hence below the k-th largest, so the
-    result is exact; if the sample was unlucky (fewer than k candidates) the whole layer is
-    partitioned instead. One core, k = 4,800 of 48,000: about 0.1 ms instead of 0.2 ms for a
-    plain ``argpartition`` and 0.7 ms for ``torch.topk``.
+    ``np.argpartition`` (introselect) over the layer: on one core about 0.13 ms for k = 4,800
+    of 48,000 entries, where ``torch.topk(sorted=False)`` takes 0.7 ms. For large layers with
+    k <= 5% of the entries, a strided sample of ``_SAMPLE`` entries first gives a threshold
+    that about 1.25 k entries exceed, and the exact top k is taken among those candidates
+    only (k = 480 of 48,000: 0.04 ms instead of 0.1 ms). Every entry outside the candidates
+    is below the threshold, hence below the k-th largest, so the result stays exact; if the
+    sample was unlucky (fewer than k candidates) the whole layer is partitioned instead.
     """
     n = magnitude.shape[0]
-    if n >= 8 * _SAMPLE and k < n // 4:
+    if n >= 8 * _SAMPLE and 20 * k <= n:
         sample = magnitude[:: n // _SAMPLE]
         rank = min(sample.shape[0] - 1, int(1.25 * sample.shape[0] * k / n) + 8)
         threshold = np.partition(sample, sample.shape[0] - 1 - rank)[sample.shape[0] - 1 - rank]

@@ -45,7 +45,6 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import torch
-from sklearn.svm import SVC
 from torch import nn
 
 from fedunlearn.data.indexed import IndexedDataset
@@ -140,6 +139,8 @@ def _efficacy(members: _FloatArray, non_members: _FloatArray, forget: _FloatArra
     """Fit one RBF SVC on a 1-D feature and return the fraction of ``forget`` predicted 0."""
     x = np.concatenate([members, non_members]).reshape(-1, 1)
     y = np.concatenate([np.ones(len(members)), np.zeros(len(non_members))])
+    from sklearn.svm import SVC  # imported here: scikit-learn takes seconds to import, and most callers never fit
+
     clf = SVC(C=3, kernel="rbf", gamma="auto")
     clf.fit(x, y)
     predicted = clf.predict(forget.reshape(-1, 1))

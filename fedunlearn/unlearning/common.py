@@ -164,10 +164,19 @@ def check_finite_result(name: str, delta: Mapping[str, torch.Tensor], reference:
         )
 
 
+_NEEDS_RETAIN: dict[str, Callable[[UnlearnConfig], bool]] = {}
+
+
+def method_needs_retain(name: str, config: UnlearnConfig) -> bool:
+    """Whether method ``name`` (as configured) needs retained samples D_r on the unlearning side."""
+    return _NEEDS_RETAIN.get(name, lambda c: False)(config)
+
+
 def unlearning_method(
     name: str, *, needs_retain: Callable[[UnlearnConfig], bool] = lambda config: False
 ) -> Callable[[MethodBody], UnlearningMethod]:
     """Register ``body(ws) -> Delta`` as unlearning method ``name`` (see the module docstring)."""
+    _NEEDS_RETAIN[name] = needs_retain
 
     def decorator(body: MethodBody) -> UnlearningMethod:
         @functools.wraps(body)

@@ -100,8 +100,8 @@ def test_class_deletion_forgets_a_class_only_that_client_held(tmp_path: Path, da
     assert phase["status"] == "served"
     main = FederationConfig.from_run_config({**config.to_run_config(), "state-root": str(tmp_path / "unlearn" / "state")})
     truth = ground_truth(main)
-    before = load_model(main, truth, next((tmp_path / "unlearn" / "models").glob("before-*.pt")))
-    after = load_model(main, truth, tmp_path / "unlearn" / "model.pt")
+    before = load_model(main, next((tmp_path / "unlearn" / "models").glob("before-*.pt")))
+    after = load_model(main, tmp_path / "unlearn" / "model.pt")
     assert accuracy(before, truth.forget) > 0.5  # the class was learned ...
     assert accuracy(after, truth.forget) < 0.2  # ... and is forgotten (RT: ~0)
     assert accuracy(after, truth.retain) > accuracy(before, truth.retain) - 0.1

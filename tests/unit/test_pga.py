@@ -119,7 +119,7 @@ def test_pga_raises_the_loss_on_the_forget_set(trained: tuple) -> None:
     split = split_of(data, 16)
     before = evaluate_loss_accuracy(model, split.forget)
 
-    correction = pga(model, split=split, config=CONFIG, context=context())
+    correction = pga(model, split=split, config=UnlearnConfig(epochs=3, batch_size=8, lr=0.5), context=context())
     unlearned = tiny_model()
     unlearned.load_state_dict(add_scaled(model.state_dict(), correction.delta))
     after = evaluate_loss_accuracy(unlearned, split.forget)

@@ -187,7 +187,7 @@ def test_register_selector_adds_a_name_once() -> None:
         pruning._SELECTORS.pop("first_k_test", None)
 
 
-@pytest.mark.parametrize("fraction", [0.001, 0.01, 0.1, 0.2, 0.3])
+@pytest.mark.parametrize("fraction", [0.001, 0.01, 0.03, 0.05, 0.1, 0.3])
 @pytest.mark.parametrize("pattern", ["normal", "sampled_positions_large", "ties"])
 def test_largest_positions_exact_on_large_layers(generator: torch.Generator, fraction: float, pattern: str) -> None:
     # Prepare: large enough for the sampled-threshold path; patterns that defeat the sample

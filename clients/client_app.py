@@ -10,10 +10,12 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients import unlearning
-from clients.common import global_state, open_site, reply_errors, server_round, status_record
+from clients.common import fault_injection_mod, global_state, open_site, reply_errors, server_round, status_record
 from fedunlearn import protocol
 
-app = ClientApp()
+#: ``fault_injection_mod`` is a test hook that passes every message on unless a fault plan is
+#: explicitly enabled (see fedunlearn/faults.py).
+app = ClientApp(mods=[fault_injection_mod])
 
 
 @app.query("status")

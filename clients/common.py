@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 import traceback
 from collections.abc import Callable
 from logging import WARNING
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord
 from flwr.common import log
 
-from fedunlearn import protocol
+from fedunlearn import faults, protocol
 from fedunlearn.config import FederationConfig, NodeConfig
 from fedunlearn.deletion import DeletionRequest
 from fedunlearn.errors import FedUnlearnError
 from fedunlearn.site import ClientSite
+from fedunlearn.site_unlearning import resume_commits
 
 #: Flower error code for a client-side fedunlearn error (the reason carries the message).
 FEDUNLEARN_ERROR_CODE = 100
@@ -42,6 +44,7 @@ def open_site(message: Message, context: Context, *, apply_schedule: bool = True
         config=federation, partition_id=node.partition_id,
         state_dir=node.resolved_state_dir(federation), lineage=f"run-{context.run_id}",
     )
+    resume_commits(site)  # finish a commit that a crash interrupted, before anything else
     weights = message.content.config_records.get(protocol.ROUND_WEIGHTS)
     if weights is not None:
         site.record_round_weights(list(weights[protocol.ROUNDS]), list(weights[protocol.WEIGHTS]))  # type: ignore[arg-type]
@@ -72,6 +75,54 @@ def reply_errors(handler: Handler) -> Handler:
     return wrapper
 
 
+def fault_injection_mod(message: Message, context: Context, call_next: Handler) -> Message:
+    """TEST HOOK (see ``fedunlearn.faults``): apply this node's fault plan, if it has one.
+
+    Without a plan (every real node) this only passes the message on. A plan needs both the
+    node config / environment entry and the enabling token, else every reply is an error.
+    """
+    try:
+        partition = context.node_config.get("partition-id")
+        text = faults.plan_text_for(context.node_config, int(partition) if partition is not None else None)
+        if text is None:
+            return call_next(message, context)
+        injector = faults.FaultInjector(faults.parse_plan(text), _state_dir(message, context))
+    except FedUnlearnError as err:
+        return Message(Error(code=FEDUNLEARN_ERROR_CODE, reason=f"{type(err).__name__}: {err}"), reply_to=message)
+    kind = message.metadata.message_type
+    rule = injector.next_fault(kind.split(".")[-1])
+    if rule is None:
+        return call_next(message, context)
+    if rule.action == "error":
+        reason = f"FaultInjected: test fault plan failed this {kind} message"
+        return Message(Error(code=FEDUNLEARN_ERROR_CODE, reason=reason), reply_to=message)
+    if rule.action == "crash":
+        raise RuntimeError(f"test fault plan crashed the ClientApp on a {kind} message")
+    if rule.action == "hang":
+        time.sleep(rule.seconds)
+        return call_next(message, context)
+    return _corrupt_reply(call_next(message, context), message, rule.action)
+
+
+def _state_dir(message: Message, context: Context) -> str:
+    federation = FederationConfig.from_run_config(dict(message.content[protocol.FEDERATION]))
+    return NodeConfig.from_node_config(dict(context.node_config)).resolved_state_dir(federation)
+
+
+def _corrupt_reply(reply: Message, message: Message, action: str) -> Message:
+    if reply.has_error():
+        return reply
+    if action == "lost":
+        return Message(Error(code=FEDUNLEARN_ERROR_CODE, reason="reply lost (test fault plan)"), reply_to=message)
+    content = reply.content
+    if content.array_records:
+        for name, record in list(content.array_records.items()):
+            arrays = faults.corrupt_arrays({k: v.numpy() for k, v in record.items()}, action)
+            content[name] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+    else:
+        for name, metrics in list(content.metric_records.items()):
+            content[name] = MetricRecord(faults.corrupt_metrics(dict(metrics), action))  # type: ignore[arg-type]
+    return reply
 
 
 def server_round(message: Message) -> int:

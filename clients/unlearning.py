@@ -71,9 +71,16 @@ def verify(message: Message, context: Context) -> Message:
 
 
 def commit(message: Message, context: Context) -> Message:
-    """Mark the request served with the server's receipt, purge the spent history."""
+    """End of a phase: mark the request served with the server's receipt and purge the spent
+    history; or, when the server reports the phase failed (``outcome`` "failed"), keep the
+    request pending and remember the server's reason."""
     site = open_site(message, context)
     request = requested(site, message)
+    config = message.content[protocol.CONFIG]
+    if config.get(protocol.OUTCOME, protocol.OUTCOME_SERVED) == protocol.OUTCOME_FAILED:
+        updated = site.queue.record_failure(request.request_id, str(config_value(message, protocol.REASON)))
+        metrics = MetricRecord({protocol.ATTEMPTS: updated.attempts})
+        return Message(RecordDict({protocol.METRICS: metrics, protocol.STATUS: status_record(site)}), reply_to=message)
     if request.status == "served":  # a repeated commit (its ack was lost) changes nothing
         receipt = site.queue.receipt(request.request_id)
         purged = 0

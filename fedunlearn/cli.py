@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "receipts": ("fedunlearn.node_cli.receipts", "list this node's deletion receipts and pending requests"),
     "make-certs": ("fedunlearn.deploy.certs", "create a private CA, SuperLink certificate and SuperNode keys"),
     "deploy-local": ("simulations.deploy_local", "run a TLS-authenticated SuperLink + SuperNodes on 127.0.0.1"),
+    "bench": ("simulations.bench", "benchmark every unlearning method against retraining (profiles quick, full)"),
 }
 
 

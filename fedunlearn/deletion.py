@@ -194,19 +194,47 @@ class DeletionQueue:
         return [r for r in self.all() if r.status == "pending"]
 
     def record_failure(self, request_id: str, reason: str) -> DeletionRequest:
-        """Keep the request pending, remembering why serving it failed."""
+        """Keep the request pending, remembering why serving it failed (a served one is left as is)."""
         current = self.get(request_id)
+        if current.status == "served":
+            logger.warning("ignoring a failure report for %s: it was served already", request_id)
+            return current
         updated = replace(current, attempts=current.attempts + 1, last_error=reason)
         write_json_atomic(self._path(request_id), updated.to_json())
         return updated
 
     def mark_served(self, request_id: str, *, resolved_ids: SampleIds, receipt: DeletionReceipt) -> DeletionRequest:
-        """Write the forgotten ids and the receipt first, then flip the status (crash-safe order)."""
-        save_npy_atomic(self.dir / f"{request_id}.forgotten.npy", np.asarray(resolved_ids, dtype=np.int64))
+        """``begin_commit`` then ``finish_commit`` (for callers with nothing to do in between)."""
+        self.begin_commit(request_id, resolved_ids=resolved_ids, receipt=receipt)
+        return self.finish_commit(request_id)
+
+    def begin_commit(self, request_id: str, *, resolved_ids: SampleIds, receipt: DeletionReceipt) -> None:
+        """First step of serving a request: write its receipt, then its forgotten ids.
+
+        From here on the ids are excluded from training and the commit is decided: a crash
+        before ``finish_commit`` leaves a pending request with a receipt, which
+        ``interrupted_commits`` lists so the client finishes it on its next start
+        (``fedunlearn.site_unlearning.resume_commits``).
+        """
+        self.get(request_id)  # raises for an unknown request
         write_json_atomic(self.receipts_dir / f"{request_id}.json", receipt.to_json())
+        save_npy_atomic(self.dir / f"{request_id}.forgotten.npy", np.asarray(resolved_ids, dtype=np.int64))
+
+    def finish_commit(self, request_id: str) -> DeletionRequest:
+        """Last step of serving a request: flip its status to served (needs ``begin_commit`` first)."""
+        receipt = self.receipt(request_id)
         updated = replace(self.get(request_id), status="served", served_at=receipt.served_at, last_error=None)
         write_json_atomic(self._path(request_id), updated.to_json())
         return updated
+
+    def interrupted_commits(self) -> list[DeletionRequest]:
+        """Pending requests whose commit began (a receipt exists) but never finished (a crash)."""
+        return [r for r in self.pending() if (self.receipts_dir / f"{r.request_id}.json").exists()]
+
+    def committed_ids(self, request_id: str) -> SampleIds | None:
+        """The ids ``begin_commit`` stored for a request (None if it never got that far)."""
+        path = self.dir / f"{request_id}.forgotten.npy"
+        return np.load(path, allow_pickle=False).astype(np.int64) if path.exists() else None
 
     def forgotten_ids(self) -> SampleIds:
         """All ids of served requests: excluded from every later training round."""
@@ -218,9 +246,14 @@ class DeletionQueue:
         path = self.receipts_dir / f"{request_id}.json"
         if not path.exists():
             raise DeletionRequestError(f"no receipt for request {request_id!r} in {self.receipts_dir}")
-        return DeletionReceipt(**json.loads(path.read_text(encoding="utf-8")))
+        try:
+            return DeletionReceipt(**json.loads(path.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as err:
+            raise DeletionRequestError(
+                f"receipt file {path} is unreadable ({err}); the server keeps a copy under its out-dir/receipts"
+            ) from err
 
     def receipts(self) -> list[dict[str, Any]]:
         """Receipts of served requests, oldest first."""
-        rows = [json.loads(p.read_text(encoding="utf-8")) for p in self.receipts_dir.glob("*.json")]
+        rows = [self.receipt(p.stem).to_json() for p in self.receipts_dir.glob("*.json")]
         return sorted(rows, key=lambda r: r.get("served_at", 0.0))

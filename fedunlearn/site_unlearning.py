@@ -217,18 +217,50 @@ def verify(site: ClientSite, state: StateDict, request: DeletionRequest, *, seed
 
 
 def commit(site: ClientSite, request: DeletionRequest, receipt: DeletionReceipt) -> tuple[DeletionReceipt, int]:
-    """Serve the request for good: purge its samples' history steps, then record the receipt.
+    """Serve the request for good: record the receipt and the ids, purge their history steps,
+    then mark the request served.
 
     The client completes the server's receipt with what only it knows: how many samples
-    and the SHA-256 of their ids (never the ids). Purging first means a crash in between
-    leaves a request that is still pending but whose history is gone; serving it again
-    then fails loudly ("nothing in the history") instead of subtracting twice.
+    and the SHA-256 of their ids (never the ids). The receipt and ids are written first
+    (``DeletionQueue.begin_commit``): from then on the commit is decided, the ids are out of
+    training, and a crash before the end is finished by ``resume_commits`` on the next start,
+    so a request is never served twice nor left half-served (the purge is idempotent).
     Returns the completed receipt and the number of purged history steps.
     """
     ids = resolve_request(site, request)
-    purged = sum(store.purge(ids) for store in site.history_stores(site.build_model()))
     final = dataclasses.replace(receipt, request_id=request.request_id, kind=request.kind, num_samples=len(ids),
                                 ids_sha256=ids_digest(ids))
-    site.queue.mark_served(request.request_id, resolved_ids=ids, receipt=final)
-    logger.info("served %s (%s, %d samples, %d history steps purged)", request.request_id, request.kind, len(ids), purged)
+    site.queue.begin_commit(request.request_id, resolved_ids=ids, receipt=final)
+    purged = _finish_commit(site, request, ids)
     return final, purged
+
+
+def _finish_commit(site: ClientSite, request: DeletionRequest, ids: SampleIds) -> int:
+    purged = sum(store.purge(ids) for store in site.history_stores(site.build_model()))
+    site.queue.finish_commit(request.request_id)
+    logger.info("served %s (%s, %d samples, %d history steps purged)", request.request_id, request.kind, len(ids), purged)
+    return purged
+
+
+def resume_commits(site: ClientSite) -> list[str]:
+    """Finish every commit a crash interrupted (receipt written, request still pending); return their ids.
+
+    Raises DeletionRequestError if the ids of such a request no longer match its receipt's hash.
+    """
+    finished = []
+    for request in site.queue.interrupted_commits():
+        receipt = site.queue.receipt(request.request_id)
+        ids = site.queue.committed_ids(request.request_id)
+        if ids is None:  # the crash came between the receipt and the ids: nothing was excluded yet
+            ids = resolve_request(site, request)
+            if ids_digest(ids) != receipt.ids_sha256:
+                raise DeletionRequestError(
+                    f"request {request.request_id}: its receipt's ids hash {receipt.ids_sha256[:16]}... does not match "
+                    f"the {len(ids)} ids it resolves to now; the receipt cannot be completed. Inspect "
+                    f"{site.queue.receipts_dir} and the request file."
+                )
+            site.queue.begin_commit(request.request_id, resolved_ids=ids, receipt=receipt)
+        logger.warning("finishing the commit of %s that a crash interrupted", request.request_id)
+        _finish_commit(site, request, ids)
+        finished.append(request.request_id)
+    return finished

@@ -10,6 +10,7 @@ from flwr.app import Context
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
+import server.federaser  # noqa: F401 (registers the FedEraser phase)
 from fedunlearn.config import FederationConfig
 from fedunlearn.results import RoundRecord
 from server.loop import discover_nodes, initial_state, poll_status, run_round, save_outputs

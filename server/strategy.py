@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from collections.abc import Iterable
 from logging import INFO, WARNING
 
@@ -46,6 +47,7 @@ class UnlearningFedAvg(FedAvg):
         self.partition_of: dict[int, int] = {}  # Flower node_id -> our partition_id
         self.round_weights: dict[int, dict[int, float]] = {}  # node_id -> round -> w_k^r
         self.last_train_replies: list[Message] = []
+        self.last_train_nodes: list[int] = []  # nodes sent a train message in the current round
         self.announced: dict[int, list[str]] = {}  # node_id -> pending request ids it announced
         self.departed: set[int] = set()  # nodes whose client-level deletion was served
 
@@ -107,6 +109,7 @@ class UnlearningFedAvg(FedAvg):
         """Seeded sampling; each message carries the config and the node's round weights."""
         round_config = ConfigRecord({**dict(config), protocol.SERVER_ROUND: server_round})
         nodes = self.sample(server_round, self.fraction_train, grid)
+        self.last_train_nodes = list(nodes)
         log(INFO, "configure_train: round %d, %d of %d clients", server_round, len(nodes), len(self.partition_of))
         return [self.build_message(n, protocol.TRAIN, arrays=arrays, config=round_config) for n in nodes]
 
@@ -124,6 +127,8 @@ class UnlearningFedAvg(FedAvg):
         self.note_status(replies)
         valid = self.valid_train_replies(replies)
         self.last_train_replies = valid
+        for node in self.last_train_nodes:  # trained but left out (error, timeout, invalid): its update
+            self.round_weights.setdefault(node, {})[server_round] = 0.0  # is not in the model, weight 0
         if not valid:
             return None, None
         arrays, metrics = super().aggregate_train(server_round, valid)
@@ -137,7 +142,10 @@ class UnlearningFedAvg(FedAvg):
         replies = list(replies)
         self.note_status(replies)
         usable = [m for m in replies if m.has_error() or _num_examples(m) > 0]
-        return super().aggregate_evaluate(server_round, usable)
+        problems = _eval_problems([m for m in usable if not m.has_error()])
+        for message, problem in problems.items():
+            log(WARNING, "Leaving out evaluate reply of node %d: %s", message.metadata.src_node_id, problem)
+        return super().aggregate_evaluate(server_round, [m for m in usable if m not in problems])
 
     def valid_train_replies(self, replies: list[Message]) -> list[Message]:
         """Replies fit to aggregate; errors and malformed content are logged and left out."""
@@ -173,3 +181,26 @@ def _num_examples(message: Message) -> float:
     metrics = message.content.metric_records.get(protocol.METRICS)
     count = metrics.get(protocol.NUM_EXAMPLES) if metrics is not None else None
     return float(count) if isinstance(count, (int, float)) and math.isfinite(count) and count > 0 else 0.0
+
+
+def _eval_problems(replies: list[Message]) -> dict[Message, str]:
+    """Evaluate replies FedAvg cannot average (it would fail the whole round on inconsistent
+    records): not exactly one ``metrics`` record, a non-finite or non-numeric metric, or a
+    set of metric keys other than the one most replies have."""
+    problems: dict[Message, str] = {}
+    for message in replies:
+        metrics = message.content.metric_records
+        if list(metrics) != [protocol.METRICS]:
+            problems[message] = f"expected one metric record '{protocol.METRICS}', got {list(metrics)}"
+            continue
+        bad = [k for k, v in metrics[protocol.METRICS].items()
+               if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)]
+        if bad:
+            problems[message] = f"non-finite or non-numeric metrics {bad}"
+    keysets = Counter(frozenset(m.content[protocol.METRICS]) for m in replies if m not in problems)
+    if keysets:
+        common = keysets.most_common(1)[0][0]
+        for message in replies:
+            if message not in problems and frozenset(message.content[protocol.METRICS]) != common:
+                problems[message] = f"metric keys {sorted(message.content[protocol.METRICS])}, expected {sorted(common)}"
+    return problems

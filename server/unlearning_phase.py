@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 from collections.abc import Callable
@@ -29,6 +30,15 @@ from fedunlearn.atomic import write_json_atomic
 from fedunlearn.deletion import DeletionReceipt
 from fedunlearn.errors import FedUnlearnError
 from server.loop import ServerState, evaluate_global, save_model
+from server.replies import (
+    EXPECT_COMMIT,
+    EXPECT_FISHER,
+    EXPECT_FORGET,
+    EXPECT_REMAIN,
+    EXPECT_VERIFY,
+    Expect,
+    reply_problem,
+)
 from server.strategy import UnlearningFedAvg
 
 
@@ -51,12 +61,18 @@ class PhaseOutcome:
 
     request_id: str
     partition_id: int
-    status: str  # "served" | "deferred"
+    status: str  # "served" | "deferred" | "unconfirmed" (applied, the client's commit ack missing)
     reason: str | None
     seconds: float
     stats: PhaseStats
     metrics: dict[str, float] = field(default_factory=dict)
     receipt: dict[str, Any] | None = None
+    model_before: str | None = None  # state_digest of the global model before / after the phase
+    model_after: str | None = None
+
+
+#: Failure reasons sent to clients are cut to this length.
+MAX_REASON_CHARS = 1000
 
 
 @dataclass(frozen=True)
@@ -67,32 +83,37 @@ class Exchange:
     nodes: list[int]
     build: Callable[[int], Message]
     required: bool  # a required exchange aborts the phase when every try fails
+    expect: Expect = Expect()
 
 
 def exchange(grid: Grid, state: ServerState, spec: Exchange, stats: PhaseStats) -> dict[int, Message]:
     """Send, then re-send to nodes that failed (error, timeout, invalid reply) up to
     ``phase_retries`` times; returns the valid replies by node."""
     replies: dict[int, Message] = {}
+    problems: dict[int, str] = {}
     missing = list(spec.nodes)
     for attempt in range(state.config.phase_retries + 1):
         messages = [spec.build(n) for n in missing]
         stats.messages += len(messages)
         stats.bytes += sum(_payload_bytes(m) for m in messages)
+        problems.update({n: "no reply (timeout or offline)" for n in missing})
         for reply in grid.send_and_receive(messages, timeout=state.config.round_timeout):
             stats.messages += 1
             stats.bytes += _payload_bytes(reply)
-            problem = _reply_problem(reply, state)
+            node, problem = reply.metadata.src_node_id, reply_problem(reply, state, spec.expect)
             if problem:
-                log(WARNING, "[UNLEARN] %s: node %d failed (%s)", spec.name, reply.metadata.src_node_id, problem)
-            else:
-                replies[reply.metadata.src_node_id] = reply
+                log(WARNING, "[UNLEARN] %s: node %d failed (%s)", spec.name, node, problem)
+                problems[node] = problem
+            elif node in missing:
+                replies[node] = reply
         missing = [n for n in spec.nodes if n not in replies]
         if not missing:
             break
         log(WARNING, "[UNLEARN] %s: no usable reply from %d node(s) (try %d)", spec.name, len(missing), attempt + 1)
     stats.exchanges.append({"name": spec.name, "nodes": len(spec.nodes), "replied": len(replies)})
     if spec.required and missing:
-        raise PhaseAborted(f"{spec.name}: {len(missing)} node(s) did not answer after {state.config.phase_retries} retries")
+        last = "; ".join(f"node {n}: {problems[n]}" for n in missing)
+        raise PhaseAborted(f"{spec.name}: no usable reply after {state.config.phase_retries + 1} tries ({last})")
     return replies
 
 
@@ -100,19 +121,6 @@ def _payload_bytes(message: Message) -> int:
     if message.has_error():
         return 0
     return sum(record.count_bytes() for record in message.content.array_records.values())
-
-
-def _reply_problem(reply: Message, state: ServerState) -> str | None:
-    if reply.has_error():
-        return f"error reply: {(reply.error.reason or '').splitlines()[0] if reply.error.reason else reply.error.code}"
-    content = reply.content
-    if protocol.ARRAYS in content.array_records:
-        arrays = content[protocol.ARRAYS].to_torch_state_dict()
-        problems = check_state(arrays, state.strategy.reference_keys, exact_keys=False)
-        missing_ok = [p for p in problems if not p.startswith("missing entries")]
-        if missing_ok:
-            return "; ".join(missing_ok)
-    return None
 
 
 def run_phase(grid: Grid, state: ServerState, *, node_id: int, request_id: str, server_round: int) -> PhaseOutcome:
@@ -178,7 +186,9 @@ def prepare_phases(state: ServerState) -> None:
 
 def serve_pending(grid: Grid, state: ServerState, server_round: int) -> list[PhaseOutcome]:
     """Serve every request the clients announced, one phase each (oldest client first);
-    re-send commits that were never confirmed instead of serving those twice."""
+    re-send commits that were never confirmed instead of serving those twice (also when the
+    client no longer announces the request: it committed, but its reply was lost); tell the
+    client why a deferred request failed, so it keeps the reason with the pending request."""
     outcomes: list[PhaseOutcome] = []
     strategy = state.strategy
     still_pending: dict[int, list[str]] = {}
@@ -189,20 +199,45 @@ def serve_pending(grid: Grid, state: ServerState, server_round: int) -> list[Pha
             if request_id in state.awaiting_commit:
                 outcomes.append(_reconfirm(grid, state, node_id, request_id))
                 continue
-            runner = phase_runner(state.config.unlearn.method)
-            outcome = runner(grid, state, node_id=node_id, request_id=request_id, server_round=server_round)
+            outcome = _run_recorded(grid, state, node_id, request_id, server_round)
             outcomes.append(outcome)
             if outcome.status == "deferred":  # later requests of this client wait for the same fix
+                _report_failure(grid, state, node_id, outcome, server_round)
                 still_pending[node_id] = strategy.announced[node_id][position:]
                 break
         if node_id not in still_pending:
             strategy.announced[node_id] = []  # served: no longer excluded from others' slow steps
     strategy.announced = still_pending
+    online = set(strategy.active_nodes(grid))
+    for request_id, commit in list(state.awaiting_commit.items()):
+        if commit.nodes[0] in online and all(o.request_id != request_id for o in outcomes):
+            outcomes.append(_reconfirm(grid, state, commit.nodes[0], request_id))
     for outcome in outcomes:
         state.results.events.append({"type": "unlearning", "round": server_round, **dataclasses.asdict(outcome)})
         if outcome.receipt is not None and state.config.out_dir is not None:
             write_json_atomic(Path(state.config.out_dir) / "receipts" / f"{outcome.request_id}.json", outcome.receipt)
     return outcomes
+
+
+def _run_recorded(grid: Grid, state: ServerState, node_id: int, request_id: str, server_round: int) -> PhaseOutcome:
+    """Run the configured phase; the outcome records the global model's digest before and after."""
+    before = state_digest(state.arrays.to_torch_state_dict())
+    runner = phase_runner(state.config.unlearn.method)
+    outcome = runner(grid, state, node_id=node_id, request_id=request_id, server_round=server_round)
+    return dataclasses.replace(outcome, model_before=before, model_after=state_digest(state.arrays.to_torch_state_dict()))
+
+
+def _report_failure(grid: Grid, state: ServerState, node_id: int, outcome: PhaseOutcome, server_round: int) -> None:
+    """Best effort: ``query.commit`` with outcome "failed" and the reason; the client keeps the
+    request pending and records the reason (``DeletionQueue.record_failure``)."""
+    reason = (outcome.reason or "unknown")[:MAX_REASON_CHARS]
+    config = ConfigRecord({protocol.REQUEST_ID: outcome.request_id, protocol.OUTCOME: protocol.OUTCOME_FAILED,
+                           protocol.REASON: f"round {server_round}: {reason}"})
+    notice = Exchange("report failure", [node_id], lambda n: state.strategy.build_message(
+        n, protocol.QUERY_COMMIT, arrays=None, config=config), required=False,
+        expect=Expect(None, (protocol.ATTEMPTS,)))
+    if not exchange(grid, state, notice, outcome.stats):
+        log(WARNING, "[UNLEARN] could not tell node %d why request %s failed", node_id, outcome.request_id)
 
 
 def _reconfirm(grid: Grid, state: ServerState, node_id: int, request_id: str) -> PhaseOutcome:
@@ -230,7 +265,8 @@ def _fast_slow_loop(grid: Grid, state: ServerState, node_id: int, request_id: st
     for step in range(cfg.outer_steps):
         forget_reply = exchange(grid, state, Exchange(
             f"fast {step + 1}/{cfg.outer_steps}", [node_id],
-            lambda n: _forget_message(strategy, n, request_id, step, theta, fisher), required=True), stats)[node_id]
+            lambda n: _forget_message(strategy, n, request_id, step, theta, fisher), required=True,
+            expect=EXPECT_FORGET), stats)[node_id]
         fa_before = float(forget_reply.content[protocol.METRICS][protocol.FA_BEFORE])  # type: ignore[arg-type]
         if step > 0 and cfg.target_fa is not None and fa_before <= cfg.target_fa:
             log(INFO, "[UNLEARN] FA %.4f reached target %.4f after %d outer step(s)", fa_before, cfg.target_fa, step)
@@ -241,7 +277,8 @@ def _fast_slow_loop(grid: Grid, state: ServerState, node_id: int, request_id: st
             if cfg.remain_steps > 0 else []
         remain_replies = exchange(grid, state, Exchange(
             f"slow {step + 1}/{cfg.outer_steps}", slow_nodes,
-            lambda n: _remain_message(strategy, n, request_id, step, theta_fast, n == node_id), required=False), stats)
+            lambda n: _remain_message(strategy, n, request_id, step, theta_fast, n == node_id), required=False,
+            expect=EXPECT_REMAIN), stats)
         usable = [(r, float(r.content[protocol.METRICS][protocol.NUM_EXAMPLES])) for r in remain_replies.values()]  # type: ignore[arg-type]
         usable = [(r, w) for r, w in usable if w > 0]
         if cfg.remain_steps > 0 and slow_nodes and not usable:
@@ -265,7 +302,8 @@ def _remain_fisher(grid: Grid, state: ServerState, nodes: list[int], theta: dict
     """Remaining clients' diagonal Fisher, averaged by their sample counts (F_r of the mask)."""
     strategy = state.strategy
     replies = exchange(grid, state, Exchange("fisher", nodes, lambda n: strategy.build_message(
-        n, protocol.QUERY_FISHER, arrays=ArrayRecord(theta), config=ConfigRecord()), required=False), stats)
+        n, protocol.QUERY_FISHER, arrays=ArrayRecord(theta), config=ConfigRecord()), required=False,
+        expect=EXPECT_FISHER), stats)
     if not replies:
         raise PhaseAborted("no remaining client sent its Fisher diagonal")
     fishers = [r.content[protocol.ARRAYS].to_torch_state_dict() for r in replies.values()]
@@ -304,7 +342,7 @@ def _verify(grid: Grid, state: ServerState, node_id: int, request_id: str, theta
     strategy = state.strategy
     reply = exchange(grid, state, Exchange("verify", [node_id], lambda n: strategy.build_message(
         n, protocol.EVALUATE_VERIFY, arrays=ArrayRecord(theta), config=ConfigRecord({protocol.REQUEST_ID: request_id})),
-        required=True), stats)[node_id]
+        required=True, expect=EXPECT_VERIFY), stats)[node_id]
     metrics = {k: float(v) for k, v in reply.content[protocol.METRICS].items() if k != protocol.NUM_EXAMPLES}  # type: ignore[arg-type]
     ta_before = evaluate_global(state).accuracy
     after = evaluate_global(state, ArrayRecord(theta))
@@ -330,7 +368,7 @@ def _commit_exchange(state: ServerState, node_id: int, request_id: str, draft: D
     config = ConfigRecord({protocol.REQUEST_ID: request_id, protocol.RECEIPT_JSON: json.dumps(draft.to_json()),
                            protocol.OUTER_STEPS: steps_run})
     return Exchange("commit", [node_id], lambda n: state.strategy.build_message(
-        n, protocol.QUERY_COMMIT, arrays=None, config=config), required=True)
+        n, protocol.QUERY_COMMIT, arrays=None, config=config), required=True, expect=EXPECT_COMMIT)
 
 
 def _receipt_from(reply: Message) -> dict[str, Any]:

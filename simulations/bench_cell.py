@@ -1,26 +1,39 @@
-"""One benchmark cell: a Flower simulation that trains once, serves the scheduled deletions
-with every method from the same snapshot, retrains (RT), and then the per-method metrics.
+"""Benchmark cells: Flower simulations that train once, serve the scheduled deletions with
+every method from the same snapshot, retrain (RT), and then the per-method metrics.
 
 ``run_cell(config, methods=[...], cpus=2)`` returns one row per method (and RT) with
 FA/RA/TA/MIA, KL and Avg.D to RT, backdoor ASR, unlearning time and messages vs RT's, and
-history bytes vs dense bytes. The rows are what ``simulations.bench`` tabulates and plots.
+history bytes vs dense bytes, plus the FA/RA curves of the training rounds (global model
+and RT) and each forgetting client's share of stored steps that held a forgotten sample.
+``run_cells`` serves several cells in ONE simulation (the SuperNodes start once), calling
+back after each. The rows are what ``simulations.bench`` tabulates and plots.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+import logging
+import traceback
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from fedunlearn.config import FederationConfig
 from fedunlearn.data import IndexedDataset
 from fedunlearn.data.backdoor import TriggerPattern
+from fedunlearn.history import HistoryStore
 from fedunlearn.metrics import BackdoorSpec, accuracy, average_gap, evaluate_unlearning
 from fedunlearn.schedule import parse_schedule
 from simulations.compare import client_site, load_model
 
+logger = logging.getLogger(__name__)
 Progress = Callable[[str], None]
+#: ``on_result(index, result, error)`` after each cell of ``run_cells``.
+CellResult = Callable[[int, dict[str, Any] | None, BaseException | None], None]
+#: RA along the training curves is measured on at most this many retained samples.
+CURVE_MAX_RETAIN = 2000
 
 
 def scheduled_truth(config: FederationConfig) -> tuple[IndexedDataset, IndexedDataset, IndexedDataset, dict[str, IndexedDataset]]:
@@ -45,20 +58,59 @@ def scheduled_truth(config: FederationConfig) -> tuple[IndexedDataset, IndexedDa
     return IndexedDataset.concat(forget_parts), IndexedDataset.concat(retain_parts), test, per_request
 
 
-def run_cell(config: FederationConfig, *, methods: Sequence[str], cpus: int = 2, progress: Progress | None = None) -> dict[str, Any]:
-    """Run the cell's simulation into ``config.out_dir`` and evaluate every method against RT."""
+def run_cell(config: FederationConfig, *, methods: Sequence[str], cpus: int = 2, progress: Progress | None = None,
+             method_overrides: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """Run one cell's simulation into ``config.out_dir`` and evaluate every method against RT."""
+    results: list[dict[str, Any]] = []
+    errors: list[BaseException] = []
+
+    def keep(index: int, result: dict[str, Any] | None, error: BaseException | None) -> None:
+        results.extend([result] if result is not None else [])
+        errors.extend([error] if error is not None else [])
+
+    run_cells([(config, methods, method_overrides or {})], cpus=cpus, progress=progress, on_result=keep)
+    if errors or not results:
+        raise RuntimeError(f"benchmark cell in {config.out_dir} failed: {errors[0] if errors else 'no result'}")
+    return results[0]
+
+
+def run_cells(cells: Sequence[tuple[FederationConfig, Sequence[str], Mapping[str, Mapping[str, Any]]]], *, cpus: int = 2,
+              progress: Progress | None = None, on_result: CellResult | None = None,
+              keep_going: Callable[[], bool] | None = None) -> None:
+    """Run ``(config, method labels, method overrides)`` cells in one simulation, in order.
+
+    Every config needs the same ``num_clients`` (one SuperNode per client) and its own
+    ``out_dir`` and ``state_root``. ``on_result(index, result, error)`` is called after each
+    cell, with ``evaluate_cell``'s result or the error that stopped the cell;
+    ``keep_going()`` is asked before each cell (False: stop, e.g. a time budget is spent).
+    """
     from flwr.simulation import run_simulation
 
     from clients.client_app import app as client_app
-    from server.bench_app import make_bench_server_app
+    from server.bench_app import CellPlan, make_bench_server_app
 
-    out = Path(config.out_dir or "bench-cell")
-    server_app = make_bench_server_app(overrides=config.to_run_config(), methods=methods, progress=progress)
+    sizes = {config.data.num_clients for config, _, _ in cells}
+    if len(sizes) != 1:
+        raise ValueError(f"cells of one simulation need the same num_clients, got {sorted(sizes)}; group them")
+
+    def done(index: int, error: BaseException | None) -> None:
+        config, methods, _ = cells[index]
+        result = None
+        if error is None:
+            try:
+                results = json.loads((Path(config.out_dir or "bench-cell") / "results.json").read_text(encoding="utf-8"))
+                result = evaluate_cell(config, results, methods)
+            except Exception as err:  # noqa: BLE001 (reported to the caller; later cells still run)
+                logger.error("evaluating cell %s failed: %s\n%s", config.out_dir, err, traceback.format_exc(limit=5))
+                error = err
+        if on_result is not None:
+            on_result(index, result, error)
+
+    plans = [CellPlan(config.to_run_config(), list(methods), dict(overrides)) for config, methods, overrides in cells]
+    server_app = make_bench_server_app(cells=plans, progress=progress, on_cell=done, keep_going=keep_going)
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": cpus}}
-    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=config.data.num_clients,
+    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=sizes.pop(),
                    backend_config=backend)  # type: ignore[arg-type]
-    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    return evaluate_cell(config, results, methods)
 
 
 def evaluate_cell(config: FederationConfig, results: dict[str, Any], methods: Sequence[str]) -> dict[str, Any]:
@@ -83,7 +135,45 @@ def evaluate_cell(config: FederationConfig, results: dict[str, Any], methods: Se
     reference = next(r for r in rows if r["method"] == "RT")
     for row in rows:
         row["avg_gap_rt"] = average_gap(row, reference)
-    return {"config": config.to_run_config(), "rows": rows, "num_forget": len(forget), "num_retain": len(retain)}
+    log_bytes = [e["total_bytes"] for e in events if e.get("type") == "federaser-log"]
+    return {"config": config.to_run_config(), "rows": rows, "num_forget": len(forget), "num_retain": len(retain),
+            "curves": training_curves(config, forget, retain), "affected": affected_steps(config),
+            "server_log_bytes": max(log_bytes, default=0),
+            "train_rounds": [{k: r[k] for k in ("round", "test_accuracy", "seconds", "messages")} for r in results["rounds"]]}
+
+
+def training_curves(config: FederationConfig, forget: IndexedDataset, retain: IndexedDataset) -> dict[str, Any]:
+    """FA and RA of the global model after each training round, and of RT's (round 0: initial)."""
+    out = Path(config.out_dir or "bench-cell") / "models"
+    if len(retain) > CURVE_MAX_RETAIN:
+        rng = np.random.default_rng([config.seed, 2])
+        retain = retain.select(np.sort(rng.choice(len(retain), CURVE_MAX_RETAIN, replace=False)))
+    curves: dict[str, Any] = {"round": list(range(config.num_rounds + 1))}
+    for name, pattern in (("train", "round-{:03d}.pt"), ("RT", "RT-round-{:03d}.pt")):
+        paths = [out / ("round-000.pt" if r == 0 else pattern.format(r)) for r in curves["round"]]
+        models = [load_model(config, p) if p.exists() else None for p in paths]
+        curves[f"{name}_FA"] = [accuracy(m, forget) if m is not None else None for m in models]
+        curves[f"{name}_RA"] = [accuracy(m, retain) if m is not None else None for m in models]
+    return curves
+
+
+def affected_steps(config: FederationConfig) -> dict[str, dict[str, int]]:
+    """Per forgetting client: stored steps of its (pruned) history holding a forgotten sample.
+
+    Read from the client's history as the snapshot left it (before any request was served);
+    ``{"client-k": {"affected": a, "steps": n}}``.
+    """
+    report: dict[str, dict[str, int]] = {}
+    for pid in sorted({e.partition_id for e in parse_schedule(config.deletion_schedule, num_clients=config.data.num_clients)}):
+        site = client_site(config, pid)
+        ids = np.unique(np.concatenate([site.scheduled_ids(e) for e in site.schedule()]))
+        dirs = [d for d in sorted((site.state_dir / "history").glob("*")) if d.is_dir() and not d.name.endswith("-full")]
+        if not dirs:
+            continue
+        store = HistoryStore.for_model(dirs[-1], model=site.build_model(), config=config.history)
+        steps = sum(r.steps for r in store.usage().rounds)
+        report[f"client-{pid}"] = {"affected": len(store.affected_steps(ids)), "steps": steps}
+    return report
 
 
 def _cost(name: str, events: list[dict[str, Any]], retrain: dict[str, Any]) -> dict[str, Any]:

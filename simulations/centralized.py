@@ -16,6 +16,7 @@ finished), OUT/table.md and OUT/fig_*.png (see simulations/plots.py).
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import math
 import os
@@ -125,20 +126,21 @@ class Results:
 def run_scenario(cell: Cell, profile: Profile, scenario: str, ids: np.ndarray, results: Results, *, seed: int) -> None:
     """Every method of the profile on one forget set, RT first (the reference of all rows)."""
     split = ForgetRetainSplit(cell.train.subset_by_ids(ids), cell.train.without_ids(ids))
-    evaluate = {
-        "forget": split.forget,
-        "retain": split.retain,
-        "test": cell.test,
-        "seed": seed,
-        "max_shadow": profile.max_shadow,
-        "max_retain_eval": profile.max_retain_eval,
-    }
+    evaluate = functools.partial(
+        evaluate_unlearning,
+        forget=split.forget,
+        retain=split.retain,
+        test=cell.test,
+        seed=seed,
+        max_shadow=profile.max_shadow,
+        max_retain_eval=profile.max_retain_eval,
+    )
     rt_spec = profile.method("RT")
     assert rt_spec is not None
     rt_model, rt_seconds, _ = apply_method(cell, rt_spec, profile, split, scenario=scenario, seed=seed)
-    rt = evaluate_unlearning(rt_model, reference_model=rt_model, **evaluate)
+    rt = evaluate(rt_model, reference_model=rt_model)
     results.add("runs", _row(cell, scenario, "RT", 1.0, rt, None, rt_seconds, split))
-    original = evaluate_unlearning(cell.model, reference_model=rt_model, **evaluate)
+    original = evaluate(cell.model, reference_model=rt_model)
     results.add("runs", _row(cell, scenario, "original", 1.0, original, rt, 0.0, split))
     bar = tqdm([m for m in profile.methods if m.label != "RT"], desc=f"{cell.spec.name}/{cell.model_name}/{scenario}")
     for spec in bar:
@@ -158,7 +160,7 @@ def run_scenario(cell: Cell, profile: Profile, scenario: str, ids: np.ndarray, r
                 },
             )
             continue
-        metrics = evaluate_unlearning(model, reference_model=rt_model, **evaluate)
+        metrics = evaluate(model, reference_model=rt_model)
         results.add("runs", _row(cell, scenario, spec.label, keep, metrics, rt, seconds, split))
         tqdm.write(
             f"  {cell.spec.name}/{cell.model_name}/{scenario:8s} {spec.label:24s} FA {metrics.FA:.3f} "
@@ -200,10 +202,12 @@ def run_sweep(cell: Cell, profile: Profile, class_ids: np.ndarray, results: Resu
             )
 
 
-def run(profile: Profile, *, out: Path, data_root: str | None = None, seed: int = 0) -> dict[str, Any]:
-    """Run ``profile`` and write results.json, table.md and the figures into ``out``."""
-    for spec in profile.methods:
-        get_method(spec.method)  # unknown names fail before any training
+def run(
+    profile: Profile, *, out: Path, data_root: str | None = None, seed: int = 0, figures: bool = True
+) -> dict[str, Any]:
+    """Run ``profile`` and write results.json and (``figures``) table.md and the PNGs into ``out``."""
+    for method in profile.methods:
+        get_method(method.method)  # unknown names fail before any training
     out.mkdir(parents=True, exist_ok=True)
     results, start = Results(out / "results.json", profile, seed), time.perf_counter()
     for spec in profile.datasets:
@@ -215,12 +219,13 @@ def run(profile: Profile, *, out: Path, data_root: str | None = None, seed: int 
             continue
         for name in spec.models:
             _run_model(profile, spec, bundle, name, results, seed=seed)
-            if (spec, name) != (profile.datasets[-1], profile.datasets[-1].models[-1]):
+            if figures and (spec, name) != (profile.datasets[-1], profile.datasets[-1].models[-1]):
                 plots.write_all(results.data, out)  # figures so far, in case the run is stopped
     results.data["env"]["load_average_end"] = os.getloadavg()
     results.data.update(status="complete", wall_seconds=time.perf_counter() - start)
     results.save()
-    plots.write_all(results.data, out)
+    if figures:
+        plots.write_all(results.data, out)
     return results.data
 
 

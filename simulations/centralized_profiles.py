@@ -165,7 +165,8 @@ def register_scenario(name: str) -> Callable[[ScenarioFn], ScenarioFn]:
 @register_scenario("class")
 def forget_class(train: IndexedDataset, spec: DatasetSpec, profile: Profile, seed: int) -> np.ndarray:
     """Every training sample of ``spec.forget_class``."""
-    return train.ids()[train.labels.numpy() == spec.forget_class]
+    ids: np.ndarray = train.ids()[train.labels.numpy() == spec.forget_class]
+    return ids
 
 
 @register_scenario("random10")
@@ -292,6 +293,6 @@ def restrict(
         sweep = sweep if sweep is None or set(sweep) & set(models) else (models[0],)
     rows = list(profile.methods)
     if methods:
-        keep = set(_pick("method label(s)", methods, [m.label for m in rows])) | {"RT"}
-        rows = [m for m in rows if m.label in keep]
+        labels = set(_pick("method label(s)", methods, [m.label for m in rows])) | {"RT"}
+        rows = [m for m in rows if m.label in labels]
     return dataclasses.replace(profile, datasets=tuple(specs), methods=tuple(rows), sweep_models=sweep)

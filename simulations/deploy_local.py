@@ -32,38 +32,64 @@ DEMO_DEFAULTS = {"clients": 3, "rounds": 3, "model": "mlp", "samples_per_client"
 
 def build_parser() -> argparse.ArgumentParser:
     """Federation options (as ``fedunlearn simulate``) plus the deployment and deletion options."""
-    parser = argparse.ArgumentParser(prog="fedunlearn deploy-local", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="fedunlearn deploy-local", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_federation_options(parser)
     parser.add_argument("--nodes", dest="clients", type=int, help="SuperNodes to start (= --clients; default: 3)")
     parser.set_defaults(**DEMO_DEFAULTS)
     g = parser.add_argument_group("deletion filed mid-run through `fedunlearn forget`")
-    g.add_argument("--delete-on-node", type=int, default=None, metavar="K",
-                   help="partition id of the node that files it (default: the last node; -1: no deletion)")
+    g.add_argument(
+        "--delete-on-node",
+        type=int,
+        default=None,
+        metavar="K",
+        help="partition id of the node that files it (default: the last node; -1: no deletion)",
+    )
     what = g.add_mutually_exclusive_group()
-    what.add_argument("--delete-samples", type=int, default=None, metavar="N", help="N random samples of that node (default: 50)")
-    what.add_argument("--delete-class", type=int, default=None, metavar="C", help="every sample of class C on that node")
+    what.add_argument(
+        "--delete-samples", type=int, default=None, metavar="N", help="N random samples of that node (default: 50)"
+    )
+    what.add_argument(
+        "--delete-class", type=int, default=None, metavar="C", help="every sample of class C on that node"
+    )
     what.add_argument("--delete-all", action="store_true", help="everything the node contributed (it leaves)")
-    g.add_argument("--delete-after-round", type=int, default=1, help="file it once this round is done (default: %(default)s)")
+    g.add_argument(
+        "--from-class",
+        type=int,
+        default=None,
+        metavar="C",
+        help="draw the --delete-samples ids among class C (without N: all of them); still a sample-level request",
+    )
+    g.add_argument(
+        "--delete-after-round", type=int, default=1, help="file it once this round is done (default: %(default)s)"
+    )
     d = parser.add_argument_group("deployment")
     d.add_argument("--insecure", action="store_true", help="no TLS and no node authentication (debugging only)")
-    d.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds (default: %(default)s)")
+    d.add_argument(
+        "--timeout", type=float, default=1800.0, help="give up after this many seconds (default: %(default)s)"
+    )
     d.add_argument("--quiet", action="store_true", help="do not echo the ServerApp's log")
     return parser
 
 
 def deletion_plan(args: argparse.Namespace, num_nodes: int) -> DeletionPlan | None:
-    """The deletion the options ask for (None with ``--delete-on-node -1``)."""
+    """Return the deletion the options ask for (None with ``--delete-on-node -1``)."""
     node = num_nodes - 1 if args.delete_on_node is None else args.delete_on_node
     if node == -1:
         return None
     if not 0 <= node < num_nodes:
         raise SystemExit(f"--delete-on-node must be in [0, {num_nodes}) or -1, got {node}")
+    if args.from_class is not None and (args.delete_all or args.delete_class is not None):
+        raise SystemExit("--from-class goes with --delete-samples (or alone), not with --delete-class/--delete-all")
     if args.delete_all:
         return DeletionPlan(node, "client", after_round=args.delete_after_round, seed=args.seed)
     if args.delete_class is not None:
         return DeletionPlan(node, "class", label=args.delete_class, after_round=args.delete_after_round, seed=args.seed)
-    return DeletionPlan(node, "sample", count=args.delete_samples or 50, after_round=args.delete_after_round, seed=args.seed)
+    count = args.delete_samples if args.delete_samples is not None or args.from_class is not None else 50
+    return DeletionPlan(
+        node, "sample", count=count, label=args.from_class, after_round=args.delete_after_round, seed=args.seed
+    )
 
 
 def report(outcome: RunOutcome, deployment: LocalDeployment) -> None:
@@ -90,8 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = deletion_plan(args, config.data.num_clients)
     prepare_out_dir(root, overwrite=args.overwrite)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    deployment = LocalDeployment(root, num_nodes=config.data.num_clients, data_root=Path(config.data.root or "."),
-                                 tls=not args.insecure)
+    deployment = LocalDeployment(
+        root, num_nodes=config.data.num_clients, data_root=Path(config.data.root or "."), tls=not args.insecure
+    )
     try:
         with interrupt_on_signals():
             return _run(deployment, config, plan, args)
@@ -100,16 +127,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         survivors = deployment.stop()
-        print(f"stopped all {len(deployment.supervisor.children)} started programs"
-              + (f"; SURVIVORS: {survivors}" if survivors else " (none left running)"), file=sys.stderr)
+        print(
+            f"stopped all {len(deployment.supervisor.children)} started programs"
+            + (f"; SURVIVORS: {survivors}" if survivors else " (none left running)"),
+            file=sys.stderr,
+        )
 
 
-def _run(deployment: LocalDeployment, config: FederationConfig, plan: DeletionPlan | None, args: argparse.Namespace) -> int:
-    print(f"starting a SuperLink on {deployment.address} and {len(deployment.nodes)} SuperNodes "
-          f"({'insecure' if args.insecure else 'TLS + node authentication'}) under {deployment.root}", file=sys.stderr)
+def _run(
+    deployment: LocalDeployment, config: FederationConfig, plan: DeletionPlan | None, args: argparse.Namespace
+) -> int:
+    print(
+        f"starting a SuperLink on {deployment.address} and {len(deployment.nodes)} SuperNodes "
+        f"({'insecure' if args.insecure else 'TLS + node authentication'}) under {deployment.root}",
+        file=sys.stderr,
+    )
     deployment.start()
-    outcome = run_federation(deployment, config, deletion=plan, timeout=args.timeout,
-                             echo=None if args.quiet else print)
+    outcome = run_federation(
+        deployment, config, deletion=plan, timeout=args.timeout, echo=None if args.quiet else print
+    )
     report(outcome, deployment)
     return 0 if outcome.completed else 1
 

@@ -79,9 +79,9 @@ def plot_training_curves(curves: Sequence[Row], runs: Sequence[Row], *, scenario
             if row is None:
                 continue
             x = end + 0.12 * offset * max(end, 1)
-            for key, marker, last in (("FA", "o", curve["FA"][-1]), ("RA", "s", curve["RA"][-1])):
-                ax.plot([end, x], [100 * last, 100 * row[key]], color=colour, linestyle=":", linewidth=1)
-                ax.plot([x], [100 * row[key]], marker=marker, color=colour, markersize=7, linestyle="none")
+            for metric, marker, last in (("FA", "o", curve["FA"][-1]), ("RA", "s", curve["RA"][-1])):
+                ax.plot([end, x], [100 * last, 100 * row[metric]], color=colour, linestyle=":", linewidth=1)
+                ax.plot([x], [100 * row[metric]], marker=marker, color=colour, markersize=7, linestyle="none")
             ax.plot([], [], color=colour, marker="o", linestyle=":", label=f"{label} (o targeted, s retained)")
         rt = next((r for r in cell if r["method"] == "RT"), None)
         if rt is not None:

@@ -34,3 +34,11 @@ def data_root() -> Path:
         f"real MNIST not found under {root}; set FEDUNLEARN_DATA to the shared data folder"
     )
     return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _warm_torch() -> None:
+    """Pay torch's one-off lazy imports (the first optimizer pulls in torch._dynamo, ~4 s)
+    once per session, outside any single test's timing."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    torch.optim.SGD([param], lr=0.1).step()

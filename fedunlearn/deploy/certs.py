@@ -67,8 +67,10 @@ def _prepare(folder: Path, names: Sequence[str], *, force: bool) -> None:
     """Create ``folder`` (git-ignored) and refuse to replace existing files unless ``force``."""
     existing = [n for n in names if (folder / n).exists()]
     if existing and not force:
-        raise FileExistsError(f"{folder} already holds {', '.join(existing)}; use another folder or --force "
-                              "(replacing a CA invalidates every certificate it signed)")
+        raise FileExistsError(
+            f"{folder} already holds {', '.join(existing)}; use another folder or --force "
+            "(replacing a CA invalidates every certificate it signed)"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     ignore = folder / ".gitignore"
     if not ignore.exists():
@@ -84,12 +86,23 @@ def _write(path: Path, data: bytes, *, secret: bool) -> Path:
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _key_usage(**enabled: bool) -> x509.KeyUsage:
-    flags = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement",
-             "key_cert_sign", "crl_sign", "encipher_only", "decipher_only")
+    flags = (
+        "digital_signature",
+        "content_commitment",
+        "key_encipherment",
+        "data_encipherment",
+        "key_agreement",
+        "key_cert_sign",
+        "crl_sign",
+        "encipher_only",
+        "decipher_only",
+    )
     return x509.KeyUsage(**{flag: enabled.get(flag, False) for flag in flags})
 
 
@@ -104,19 +117,31 @@ def _san(hosts: Sequence[str]) -> x509.SubjectAlternativeName:
 
 
 def make_server_credentials(
-    folder: Path, *, hosts: Sequence[str] = LOOPBACK_HOSTS, days: int = 30, organization: str = "fedunlearn",
+    folder: Path,
+    *,
+    hosts: Sequence[str] = LOOPBACK_HOSTS,
+    days: int = 30,
+    organization: str = "fedunlearn",
     force: bool = False,
 ) -> ServerCredentials:
-    """A private CA and a SuperLink certificate for ``hosts`` (+ loopback), valid ``days`` days."""
+    """Create a private CA and a SuperLink certificate for ``hosts`` (+ loopback), valid ``days`` days."""
     files = ServerCredentials(folder / "ca.crt", folder / "ca.key", folder / "server.pem", folder / "server.key")
     _prepare(folder, [p.name for p in (files.ca_cert, files.ca_key, files.server_cert, files.server_key)], force=force)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(CURVE())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
-                         x509.NameAttribute(NameOID.COMMON_NAME, f"{organization} private CA")])
+    ca_name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"{organization} private CA"),
+        ]
+    )
     ca_cert = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
@@ -127,10 +152,19 @@ def make_server_credentials(
     all_hosts = [*hosts, *LOOPBACK_HOSTS]
     server_cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
-                                 x509.NameAttribute(NameOID.COMMON_NAME, all_hosts[0])]))
-        .issuer_name(ca_name).public_key(server_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+                    x509.NameAttribute(NameOID.COMMON_NAME, all_hosts[0]),
+                ]
+            )
+        )
+        .issuer_name(ca_name)
+        .public_key(server_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(_san(all_hosts), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(digital_signature=True, key_agreement=True), critical=True)
@@ -146,23 +180,32 @@ def make_server_credentials(
 
 
 def make_node_key(folder: Path, *, name: str, force: bool = False) -> NodeKey:
-    """An ECDSA P-384 key pair in OpenSSH format: ``<name>.key`` (0600) and ``<name>.pub``."""
+    """Create an ECDSA P-384 key pair in OpenSSH format: ``<name>.key`` (0600) and ``<name>.pub``."""
     if not name or not all(c.isalnum() or c in "-_." for c in name):
         raise ValueError(f"node name must be letters, digits, '-', '_' or '.', got {name!r}")
     files = NodeKey(name, folder / f"{name}.key", folder / f"{name}.pub")
     _prepare(folder, [files.private_key.name, files.public_key.name], force=force)
     key = ec.generate_private_key(CURVE())
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                serialization.NoEncryption())
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     _write(files.private_key, private, secret=True)
     _write(files.public_key, public + f" {name}\n".encode(), secret=False)
     return files
 
 
-def make_local_credentials(folder: Path, *, node_names: Sequence[str], days: int = 30, force: bool = False) -> LocalCredentials:
-    """CA, loopback server certificate and one key pair per node name, all in ``folder``."""
-    names = ["ca.crt", "ca.key", "server.pem", "server.key", *(f"{n}{ext}" for n in node_names for ext in (".key", ".pub"))]
+def make_local_credentials(
+    folder: Path, *, node_names: Sequence[str], days: int = 30, force: bool = False
+) -> LocalCredentials:
+    """Create a CA, a loopback server certificate and one key pair per node name, all in ``folder``."""
+    names = [
+        "ca.crt",
+        "ca.key",
+        "server.pem",
+        "server.key",
+        *(f"{n}{ext}" for n in node_names for ext in (".key", ".pub")),
+    ]
     _prepare(folder, names, force=force)  # all or nothing: check every file before writing one
     server = make_server_credentials(folder, days=days, force=True)
     return LocalCredentials(server, tuple(make_node_key(folder, name=n, force=True) for n in node_names))
@@ -170,8 +213,9 @@ def make_local_credentials(folder: Path, *, node_names: Sequence[str], days: int
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``fedunlearn make-certs {server,node,local} --out DIR ...``."""
-    parser = argparse.ArgumentParser(prog="fedunlearn make-certs", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="fedunlearn make-certs", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     modes = parser.add_subparsers(dest="mode", required=True)
     server = modes.add_parser("server", help="CA + SuperLink certificate (coordinator)")
     server.add_argument("--host", action="append", default=[], help="SuperLink host name or IP (repeatable)")
@@ -187,14 +231,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.mode == "server":
-            written: list[Path] = list(vars(make_server_credentials(args.out, hosts=args.host or LOOPBACK_HOSTS,
-                                                                   days=args.days, force=args.force)).values())
+            written: list[Path] = list(
+                vars(
+                    make_server_credentials(
+                        args.out, hosts=args.host or LOOPBACK_HOSTS, days=args.days, force=args.force
+                    )
+                ).values()
+            )
         elif args.mode == "node":
             key = make_node_key(args.out, name=args.name, force=args.force)
             written = [key.private_key, key.public_key]
         else:
-            creds = make_local_credentials(args.out, node_names=[f"node-{i}" for i in range(args.nodes)],
-                                           days=args.days, force=args.force)
+            creds = make_local_credentials(
+                args.out, node_names=[f"node-{i}" for i in range(args.nodes)], days=args.days, force=args.force
+            )
             written = [*vars(creds.server).values(), *(p for k in creds.nodes for p in (k.private_key, k.public_key))]
     except (FileExistsError, ValueError) as err:
         print(f"fedunlearn make-certs: {err}")

@@ -33,8 +33,12 @@ from fedunlearn.deploy.processes import Child, Supervisor, free_ports, wait_for_
 
 HOST = "127.0.0.1"
 CONNECTION = "fedunlearn-local"
-QUIET_FLOWER = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-                "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PYTHONUNBUFFERED": "1"}
+QUIET_FLOWER = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "PYTHONUNBUFFERED": "1",
+}
 
 
 @dataclass(frozen=True)
@@ -48,11 +52,12 @@ class NodeSpec:
 
     @property
     def state_dir(self) -> Path:
+        """The site's state directory (history, requests, receipts)."""
         return self.home / "state"
 
 
 def parse_json_output(text: str) -> Any:
-    """The JSON document a ``flwr ... --format json`` command printed (other lines ignored)."""
+    """Return the JSON document a ``flwr ... --format json`` command printed (other lines ignored)."""
     start = text.find("{")
     if start < 0:
         raise ValueError(f"no JSON in the command output:\n{text}")
@@ -66,10 +71,17 @@ class LocalDeployment:
         self.root, self.data_root, self.tls = root.resolve(), data_root.resolve(), tls
         ports = free_ports(num_nodes + 1, host=HOST)
         self.superlink_port = ports[0]
-        self.nodes = [NodeSpec(i, f"node-{i}", ports[i + 1], self.root / "nodes" / f"node-{i}") for i in range(num_nodes)]
+        self.nodes = [
+            NodeSpec(i, f"node-{i}", ports[i + 1], self.root / "nodes" / f"node-{i}") for i in range(num_nodes)
+        ]
         bin_dir = str(Path(sys.executable).parent)
-        env = {**os.environ, **QUIET_FLOWER, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-               "FLWR_HOME": str(self.root / "flwr-home"), "FEDUNLEARN_DATA": str(self.data_root)}
+        env = {
+            **os.environ,
+            **QUIET_FLOWER,
+            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+            "FLWR_HOME": str(self.root / "flwr-home"),
+            "FEDUNLEARN_DATA": str(self.data_root),
+        }
         self.supervisor = Supervisor(log_dir=self.root / "logs", env=env)
         self.superlink: Child | None = None
         self.node_children: dict[str, Child] = {}
@@ -89,10 +101,12 @@ class LocalDeployment:
 
     @property
     def server_dir(self) -> Path:
+        """The ServerApp's out-dir (results, models, receipts)."""
         return self.root / "server"
 
     @property
     def address(self) -> str:
+        """The SuperLink's ``host:port``."""
         return f"{HOST}:{self.superlink_port}"
 
     def start(self, *, timeout: float = 180.0) -> None:
@@ -107,13 +121,26 @@ class LocalDeployment:
     # ------------------------------------------------------------------ SuperLink
     def start_superlink(self, *, timeout: float = 120.0) -> Child:
         """Write credentials and the CLI connection, start the SuperLink, wait for its port."""
-        argv = ["flower-superlink", "--host", HOST, "--port", str(self.superlink_port),
-                "--disable-runtime-dependency-installation"]
+        argv = [
+            "flower-superlink",
+            "--host",
+            HOST,
+            "--port",
+            str(self.superlink_port),
+            "--disable-runtime-dependency-installation",
+        ]
         if self.tls:
             self.credentials = make_local_credentials(self.root / "certs", node_names=[n.name for n in self.nodes])
             server = self.credentials.server
-            argv += ["--ssl-ca-certfile", str(server.ca_cert), "--ssl-certfile", str(server.server_cert),
-                     "--ssl-keyfile", str(server.server_key), "--enable-supernode-auth"]
+            argv += [
+                "--ssl-ca-certfile",
+                str(server.ca_cert),
+                "--ssl-certfile",
+                str(server.server_cert),
+                "--ssl-keyfile",
+                str(server.server_key),
+                "--enable-supernode-auth",
+            ]
         else:
             argv.append("--insecure")
         self._write_cli_config()
@@ -123,13 +150,18 @@ class LocalDeployment:
 
     def _write_cli_config(self) -> None:
         """``$FLWR_HOME/config.toml`` with one connection, also the default (nothing else is ever started)."""
-        security = (f'root-certificates = {json.dumps(str(self.credentials.server.ca_cert))}'
-                    if self.credentials else "insecure = true")
+        security = (
+            f"root-certificates = {json.dumps(str(self.credentials.server.ca_cert))}"
+            if self.credentials
+            else "insecure = true"
+        )
         home = self.root / "flwr-home"
         home.mkdir(parents=True, exist_ok=True)
         (home / "config.toml").write_text(
-            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{self.address}"\n{security}\n',
-            encoding="utf-8")
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+            f'[superlink.{CONNECTION}]\naddress = "{self.address}"\n{security}\n',
+            encoding="utf-8",
+        )
 
     def flwr(self, *args: str, timeout: float = 120.0) -> tuple[int, str]:
         """Run ``flwr <args>`` against this deployment's connection; returns (exit code, output)."""
@@ -138,7 +170,7 @@ class LocalDeployment:
 
     # ------------------------------------------------------------------ SuperNodes
     def node_key(self, node: NodeSpec) -> Path:
-        """The node's private key (a fresh pair is made for nodes the credentials do not know)."""
+        """Return the node's private key (making a fresh pair for nodes the credentials do not know)."""
         folder = self.root / "certs"
         if not (folder / f"{node.name}.key").exists():
             make_node_key(folder, name=node.name)
@@ -150,8 +182,17 @@ class LocalDeployment:
         for node in nodes:
             self.node_key(node)
             self._calls += 1
-            argv = ["flwr", "supernode", "register", str(self.root / "certs" / f"{node.name}.pub"), CONNECTION,
-                    "--name", node.name, "--format", "json"]
+            argv = [
+                "flwr",
+                "supernode",
+                "register",
+                str(self.root / "certs" / f"{node.name}.pub"),
+                CONNECTION,
+                "--name",
+                node.name,
+                "--format",
+                "json",
+            ]
             children[node.name] = self.supervisor.start(f"flwr-{self._calls:03d}-register-{node.name}", argv)
         ids = {}
         for name, child in children.items():
@@ -163,17 +204,20 @@ class LocalDeployment:
         return ids
 
     def extra_node(self, name: str, *, partition_id: int = 0) -> NodeSpec:
-        """A node outside the federation's list (for refusal tests), with a free port."""
+        """Describe a node outside the federation's list (for refusal tests), with a free port."""
         return NodeSpec(partition_id, name, free_ports(1, host=HOST)[0], self.root / "nodes" / name)
 
-    def start_node(self, node: NodeSpec, *, insecure: bool = False, authenticate: bool = True,
-                   max_retries: int | None = None) -> Child:
+    def start_node(
+        self, node: NodeSpec, *, insecure: bool = False, authenticate: bool = True, max_retries: int | None = None
+    ) -> Child:
         """Start a SuperNode for ``node`` (TLS and its key unless ``insecure``)."""
         for path in (node.state_dir, self.data_root):
             if '"' in str(path):
                 raise ValueError(f"paths passed in --node-config cannot contain '\"': {path}")
-        node_config = (f"partition-id={node.partition_id} num-partitions={len(self.nodes)} "
-                       f"state-dir={json.dumps(str(node.state_dir))} data-root={json.dumps(str(self.data_root))}")
+        node_config = (
+            f"partition-id={node.partition_id} num-partitions={len(self.nodes)} "
+            f"state-dir={json.dumps(str(node.state_dir))} data-root={json.dumps(str(self.data_root))}"
+        )
         argv = ["flower-supernode", "--superlink", self.address, "--port", str(node.port), "--node-config", node_config]
         if insecure or not self.tls:
             argv.append("--insecure")
@@ -198,8 +242,11 @@ class LocalDeployment:
         return list(reply.get("nodes", []))
 
     def wait_online(self, count: int, *, timeout: float = 120.0) -> None:
-        """Wait until ``count`` nodes are online (as ``flwr supernode list`` says); fail early if the
-        SuperLink or a node exits. Without TLS there is no registry to ask: wait briefly instead."""
+        """Wait until ``count`` nodes are online (as ``flwr supernode list`` says).
+
+        Fails early if the SuperLink or a node exits. Without TLS there is no registry of keys
+        to ask, so it only waits briefly.
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.check_alive()
@@ -209,7 +256,9 @@ class LocalDeployment:
             if sum(row.get("status") == "online" for row in self.node_statuses()) >= count:
                 return
             time.sleep(1.0)
-        raise TimeoutError(f"fewer than {count} SuperNodes came online within {timeout:.0f} s; see {self.root / 'logs'}")
+        raise TimeoutError(
+            f"fewer than {count} SuperNodes came online within {timeout:.0f} s; see {self.root / 'logs'}"
+        )
 
     def check_alive(self) -> None:
         """Raise, with the log tail, if the SuperLink or a federation node has exited."""
@@ -224,7 +273,7 @@ class LocalDeployment:
         return self.supervisor.start("flwr-run", ["flwr", "run", str(app), CONNECTION, "--stream"], cwd=self.root)
 
     def run_status(self, run_id: str) -> str:
-        """The run's status as ``flwr ls`` reports it (e.g. ``finished:completed``)."""
+        """Return the run's status as ``flwr ls`` reports it (e.g. ``finished:completed``)."""
         code, output = self.flwr("ls", CONNECTION, "--run-id", run_id, "--format", "json")
         reply = parse_json_output(output)
         runs = reply.get("runs", [])

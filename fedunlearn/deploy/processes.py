@@ -35,19 +35,23 @@ class Child:
     name: str
     popen: subprocess.Popen[bytes]
     log_path: Path
+    stopped: bool = False  # its group was signalled after it ended: never signal that id again
 
     @property
     def pid(self) -> int:
+        """Its pid, which is also its process group id."""
         return self.popen.pid
 
     def alive(self) -> bool:
+        """Whether it is still running."""
         return self.popen.poll() is None
 
     def log_text(self) -> str:
+        """Everything it printed so far."""
         return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
 
     def tail(self, lines: int = 25) -> str:
-        """The last lines of the log, for error messages."""
+        """Return the last lines of the log, for error messages."""
         return "\n".join(self.log_text().splitlines()[-lines:])
 
 
@@ -64,21 +68,29 @@ class Supervisor:
         self.children: list[Child] = []
         log_dir.mkdir(parents=True, exist_ok=True)
 
-    def start(self, name: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-              cwd: Path | None = None) -> Child:
+    def start(
+        self, name: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: Path | None = None
+    ) -> Child:
         """Start ``argv`` in a new session (own process group), output to ``<log_dir>/<name>.log``."""
         log_path = self.log_dir / f"{name}.log"
         with log_path.open("ab") as log:
             popen = subprocess.Popen(  # noqa: S603 - argv is built by us, never a shell string
-                list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env={**self.env, **(env or {})}, cwd=cwd, start_new_session=True,
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**self.env, **(env or {})},
+                cwd=cwd,
+                start_new_session=True,
             )
         child = Child(name, popen, log_path)
         self.children.append(child)
         logger.info("started %s (pid %d): %s", name, popen.pid, " ".join(argv))
         return child
 
-    def run(self, name: str, argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None) -> tuple[int, str]:
+    def run(
+        self, name: str, argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None
+    ) -> tuple[int, str]:
         """Run a short command to completion (stopped if it exceeds ``timeout``); returns (exit code, output)."""
         child = self.start(name, argv, env=env)
         try:
@@ -90,6 +102,8 @@ class Supervisor:
 
     def stop(self, child: Child, *, grace: float = 20.0) -> int | None:
         """SIGTERM the child's process group, SIGKILL it after ``grace`` seconds; returns the exit code."""
+        if child.stopped:
+            return child.popen.returncode
         if child.alive():
             _signal_group(child.pid, signal.SIGTERM)
         try:
@@ -100,6 +114,7 @@ class Supervisor:
             return child.popen.wait(timeout=10)
         finally:
             _signal_group(child.pid, signal.SIGKILL)  # group members the leader left behind
+            child.stopped = True
 
     def stop_all(self, *, grace: float = 20.0) -> list[int]:
         """Stop every child (newest first, all signalled at once), then sweep tagged leftovers.
@@ -107,7 +122,7 @@ class Supervisor:
         Returns the pids that still carry the tag afterwards (empty when all is clean).
         """
         for child in reversed(self.children):
-            if child.alive():
+            if child.alive() and not child.stopped:
                 _signal_group(child.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for child in reversed(self.children):
@@ -177,26 +192,34 @@ def wait_for_port(host: str, port: int, *, timeout: float, child: Child | None =
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if child is not None and not child.alive():
-            raise RuntimeError(f"{child.name} exited with code {child.popen.returncode} before listening on "
-                               f"{host}:{port}:\n{child.tail()}")
+            raise RuntimeError(
+                f"{child.name} exited with code {child.popen.returncode} before listening on "
+                f"{host}:{port}:\n{child.tail()}"
+            )
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1.0):
             return
         time.sleep(0.3)
-    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:.0f} s" + (f":\n{child.tail()}" if child else ""))
+    raise TimeoutError(
+        f"nothing listens on {host}:{port} after {timeout:.0f} s" + (f":\n{child.tail()}" if child else "")
+    )
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGTERM or SIGHUP arrived; raised so that ``finally`` blocks stop every child."""
+    """SIGINT, SIGTERM or SIGHUP arrived; raised so that ``finally`` blocks stop every child."""
 
 
 @contextlib.contextmanager
 def interrupt_on_signals() -> Iterator[None]:
-    """Turn SIGTERM and SIGHUP into ``Interrupted`` (Ctrl-C already raises KeyboardInterrupt)."""
+    """Turn SIGINT, SIGTERM and SIGHUP into ``Interrupted`` while the block runs.
+
+    SIGINT is handled explicitly because a shell starts background jobs with SIGINT ignored,
+    and a process that ignores Ctrl-C would never clean up.
+    """
 
     def handler(signum: int, frame: FrameType | None) -> None:
         raise Interrupted(f"received {signal.Signals(signum).name}")
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:

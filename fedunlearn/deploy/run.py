@@ -21,8 +21,9 @@ from fedunlearn.config import FederationConfig
 from fedunlearn.deploy.app_bundle import stage_app
 from fedunlearn.deploy.local import RUN_ID, LocalDeployment, NodeSpec
 from fedunlearn.deploy.processes import Child
+from fedunlearn.errors import FedUnlearnError
 from fedunlearn.history.manifest import MANIFEST_NAME, load_manifest
-from fedunlearn.site import SAMPLE_IDS_FILE
+from fedunlearn.site import SAMPLE_IDS_FILE, SAMPLE_LABELS_FILE
 from fedunlearn.types import DeletionKind
 
 COMPLETED = "finished:completed"
@@ -30,7 +31,11 @@ COMPLETED = "finished:completed"
 
 @dataclass(frozen=True)
 class DeletionPlan:
-    """What deploy-local files on one node: ``count`` samples, class ``label``, or everything."""
+    """What deploy-local files on one node.
+
+    ``sample``: ``count`` random ids (all if None), drawn among the samples of class ``label``
+    if given (a sample-level request listing ids); ``class``: class ``label``; ``client``: all.
+    """
 
     partition_id: int
     kind: DeletionKind
@@ -40,12 +45,24 @@ class DeletionPlan:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.kind == "sample" and (self.count is None or self.count < 1):
-            raise ValueError(f"a sample-level deletion needs a count >= 1, got {self.count}")
-        if self.kind == "class" and (self.label is None or self.label < 0):
-            raise ValueError(f"a class-level deletion needs a label >= 0, got {self.label}")
+        if self.kind == "sample" and self.count is None and self.label is None:
+            raise ValueError("a sample-level deletion needs a count, a label to draw from, or both")
+        if self.count is not None and self.count < 1:
+            raise ValueError(f"count must be >= 1, got {self.count}")
+        if self.kind == "class" and self.label is None:
+            raise ValueError("a class-level deletion needs a label")
+        if self.label is not None and self.label < 0:
+            raise ValueError(f"label must be >= 0, got {self.label}")
         if self.after_round < 1:
             raise ValueError(f"after_round must be >= 1, got {self.after_round}")
+
+    def choose_ids(self, state_dir: Path) -> np.ndarray:
+        """Pick the ids a sample-level plan names from the node's site files (sorted)."""
+        held = np.load(state_dir / SAMPLE_IDS_FILE)
+        if self.label is not None:
+            held = held[np.load(state_dir / SAMPLE_LABELS_FILE) == self.label]
+        size = len(held) if self.count is None else min(self.count, len(held))
+        return np.sort(np.random.default_rng(self.seed).choice(held, size=size, replace=False))
 
 
 @dataclass
@@ -63,30 +80,41 @@ class RunOutcome:
 
     @property
     def completed(self) -> bool:
+        """Whether Flower reports the run completed and the server wrote its results."""
         return self.status == COMPLETED and self.results.exists()
 
 
-class LogFollower:
-    """New complete lines of a growing log file."""
+class RunWatch:
+    """Follow ``flwr run --stream``'s log: new lines (echoed), the whole text, the run id."""
 
-    def __init__(self, path: Path) -> None:
-        self.path, self.offset, self.buffer = path, 0, ""
+    def __init__(self, run: Child, echo: Callable[[str], None] | None) -> None:
+        self.run, self.echo = run, echo
+        self.offset, self.partial, self.text = 0, "", ""
+        self.run_id: str | None = None
 
-    def new_lines(self) -> list[str]:
-        if not self.path.exists():
-            return []
-        with self.path.open("rb") as handle:
-            handle.seek(self.offset)
-            data = handle.read()
-        self.offset += len(data)
-        self.buffer += data.decode("utf-8", errors="replace")
-        *lines, self.buffer = self.buffer.split("\n")
-        return lines
+    def poll(self) -> bool:
+        """Read what the log gained; returns whether ``flwr run`` is still running."""
+        alive = self.run.alive()  # checked first, so the last lines are read after it ended
+        if self.run.log_path.exists():
+            with self.run.log_path.open("rb") as handle:
+                handle.seek(self.offset)
+                data = handle.read()
+            self.offset += len(data)
+            *lines, self.partial = (self.partial + data.decode("utf-8", errors="replace")).split("\n")
+            for line in lines:
+                self.text += line + "\n"
+                if self.echo is not None:
+                    self.echo(line)
+        match = RUN_ID.search(self.text) if self.run_id is None else None
+        self.run_id = match.group(1) if match else self.run_id
+        return alive
 
 
 def round_finished(node: NodeSpec, *, run_id: str | None, server_round: int, server_log: str) -> bool:
-    """Whether ``node`` has trained ``server_round`` in run ``run_id`` (its history says so) or the
-    ServerApp has logged the round as done."""
+    """Whether round ``server_round`` of run ``run_id`` is done for ``node``.
+
+    True once the node's update history lists the round or the ServerApp logged it as done.
+    """
     if f"[ROUND {server_round}]" in server_log:
         return True
     if run_id is None:
@@ -94,7 +122,7 @@ def round_finished(node: NodeSpec, *, run_id: str | None, server_round: int, ser
     manifest = node.state_dir / "history" / f"run-{run_id}" / MANIFEST_NAME
     try:
         return manifest.exists() and max(load_manifest(manifest).rounds, default=0) >= server_round
-    except Exception:  # noqa: BLE001 - a manifest being replaced is simply "not yet"
+    except (OSError, ValueError, KeyError, FedUnlearnError):  # unreadable right now: not yet
         return False
 
 
@@ -102,13 +130,22 @@ def file_deletion(deployment: LocalDeployment, plan: DeletionPlan) -> tuple[str,
     """File ``plan`` on its node through ``fedunlearn forget``; returns (request id, id file)."""
     node = deployment.nodes[plan.partition_id]
     request_id = f"deploy-{node.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    argv = [sys.executable, "-m", "fedunlearn.cli", "forget", "--state-dir", str(node.state_dir), "--request-id", request_id]
+    argv = [
+        sys.executable,
+        "-m",
+        "fedunlearn.cli",
+        "forget",
+        "--state-dir",
+        str(node.state_dir),
+        "--request-id",
+        request_id,
+    ]
     ids_file = None
     if plan.kind == "sample":
-        held = np.load(node.state_dir / SAMPLE_IDS_FILE)
-        chosen = np.sort(np.random.default_rng(plan.seed).choice(held, size=min(plan.count or 1, len(held)), replace=False))
+        chosen = plan.choose_ids(node.state_dir)
         ids_file = node.home / "forget-ids.txt"
-        header = f"# {len(chosen)} sample ids of {node.name}, chosen by deploy-local (seed {plan.seed})\n"
+        drawn = f" of class {plan.label}" if plan.label is not None else ""
+        header = f"# {len(chosen)} sample ids{drawn} of {node.name}, chosen by deploy-local (seed {plan.seed})\n"
         ids_file.write_text(header + "\n".join(str(int(i)) for i in chosen) + "\n", encoding="utf-8")
         argv += ["--samples", str(ids_file)]
     elif plan.kind == "class":
@@ -122,49 +159,54 @@ def file_deletion(deployment: LocalDeployment, plan: DeletionPlan) -> tuple[str,
 
 
 def run_federation(
-    deployment: LocalDeployment, config: FederationConfig, *, deletion: DeletionPlan | None = None,
-    timeout: float = 1800.0, echo: Callable[[str], None] | None = None,
+    deployment: LocalDeployment,
+    config: FederationConfig,
+    *,
+    deletion: DeletionPlan | None = None,
+    timeout: float = 1800.0,
+    echo: Callable[[str], None] | None = None,
 ) -> RunOutcome:
     """Stage the app, ``flwr run`` it, file ``deletion`` when its round is done, wait for the end."""
     if config.data.num_clients != len(deployment.nodes):
         raise ValueError(f"num-clients={config.data.num_clients} but the deployment has {len(deployment.nodes)} nodes")
     if deletion is not None and config.num_rounds <= deletion.after_round:
-        raise ValueError(f"the deletion is filed after round {deletion.after_round}, so the run needs more than "
-                         f"{deletion.after_round} rounds (num-server-rounds={config.num_rounds})")
+        raise ValueError(
+            f"the deletion is filed after round {deletion.after_round}, so the run needs more than "
+            f"{deletion.after_round} rounds (num-server-rounds={config.num_rounds})"
+        )
     config = dataclasses.replace(config, out_dir=str(deployment.server_dir))
     start = time.monotonic()
-    run = deployment.start_run(stage_app(deployment.root / "app", config))
-    follower, log_text = LogFollower(run.log_path), ""
-    run_id: str | None = None
+    watch = RunWatch(deployment.start_run(stage_app(deployment.root / "app", config)), echo)
     request: tuple[str, Path | None] | None = None
-    while True:
-        for line in follower.new_lines():
-            log_text += line + "\n"
-            if echo is not None:
-                echo(line)
-        match = RUN_ID.search(log_text) if run_id is None else None
-        run_id = match.group(1) if match else run_id
-        if not run.alive():
-            break
+    while watch.poll():
         deployment.check_alive()
-        if deletion is not None and request is None and round_finished(
-                deployment.nodes[deletion.partition_id], run_id=run_id, server_round=deletion.after_round,
-                server_log=log_text):
-            request = file_deletion(deployment, deletion)
+        if deletion is not None and request is None:
+            node = deployment.nodes[deletion.partition_id]
+            if round_finished(node, run_id=watch.run_id, server_round=deletion.after_round, server_log=watch.text):
+                request = file_deletion(deployment, deletion)
         if time.monotonic() - start > timeout:
-            raise TimeoutError(f"the run did not finish within {timeout:.0f} s; see {run.log_path}")
+            raise TimeoutError(f"the run did not finish within {timeout:.0f} s; see {watch.run.log_path}")
         time.sleep(0.5)
-    return _outcome(deployment, run, run_id, deletion, request, time.monotonic() - start)
+    return _outcome(deployment, watch.run, watch.run_id, deletion, request, time.monotonic() - start)
 
 
-def _outcome(deployment: LocalDeployment, run: Child, run_id: str | None, deletion: DeletionPlan | None,
-             request: tuple[str, Path | None] | None, seconds: float) -> RunOutcome:
+def _outcome(
+    deployment: LocalDeployment,
+    run: Child,
+    run_id: str | None,
+    deletion: DeletionPlan | None,
+    request: tuple[str, Path | None] | None,
+    seconds: float,
+) -> RunOutcome:
     status = deployment.run_status(run_id) if run_id else f"not started (flwr run exit {run.popen.returncode})"
     outcome = RunOutcome(run_id, status, seconds, deployment.server_dir / "results.json")
     if deletion is not None and request is not None:
         outcome.request_id, outcome.forget_ids_file = request
         node = deployment.nodes[deletion.partition_id]
-        for attribute, path in (("node_receipt", node.state_dir / "receipts"), ("server_receipt", deployment.server_dir / "receipts")):
+        for attribute, path in (
+            ("node_receipt", node.state_dir / "receipts"),
+            ("server_receipt", deployment.server_dir / "receipts"),
+        ):
             receipt = path / f"{outcome.request_id}.json"
             setattr(outcome, attribute, receipt if receipt.exists() else None)
     return outcome

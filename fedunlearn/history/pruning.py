@@ -22,19 +22,29 @@ from fedunlearn.errors import ConfigError, UnknownNameError
 #: A selector returns the flat int64 positions of ``k`` entries of a flat tensor.
 Selector = Callable[[torch.Tensor, int, torch.Generator | None], torch.Tensor]
 
+#: Optional numpy twin of a selector for CPU arrays (``flat``, ``k``) -> positions; the
+#: recorder uses it to skip torch/numpy round trips on every step. Must select the same set.
+NumpySelector = Callable[[np.ndarray, int], np.ndarray]
+
 _SELECTORS: dict[str, Selector] = {}
+_NUMPY_SELECTORS: dict[str, NumpySelector] = {}
 
 # Relative tolerance under which rho * numel counts as an integer (0.07 * 100 = 7.000000000000001).
 _INTEGER_TOLERANCE = 1e-9
 
 
-def register_selector(name: str) -> Callable[[Selector], Selector]:
-    """Register ``fn(flat, k, generator) -> int64 positions`` as selector ``name``."""
+def register_selector(name: str, *, numpy: NumpySelector | None = None) -> Callable[[Selector], Selector]:
+    """Register ``fn(flat, k, generator) -> int64 positions`` as selector ``name``.
+
+    ``numpy`` optionally gives a deterministic numpy twin for CPU arrays (see NumpySelector).
+    """
 
     def decorator(fn: Selector) -> Selector:
         if name in _SELECTORS:
             raise ConfigError(f"selector {name!r} is already registered; register the new one under another name")
         _SELECTORS[name] = fn
+        if numpy is not None:
+            _NUMPY_SELECTORS[name] = numpy
         return fn
 
     return decorator
@@ -53,7 +63,17 @@ def get_selector(name: str) -> Selector:
         raise UnknownNameError("selector", name, _SELECTORS) from None
 
 
-@register_selector("topk")
+def get_numpy_selector(name: str) -> NumpySelector | None:
+    """Return the numpy twin of selector ``name`` (None if it has none)."""
+    get_selector(name)
+    return _NUMPY_SELECTORS.get(name)
+
+
+def _largest_magnitudes(flat: np.ndarray, k: int) -> np.ndarray:
+    return largest_positions(np.abs(flat), k)
+
+
+@register_selector("topk", numpy=_largest_magnitudes)
 def _select_topk(flat: torch.Tensor, k: int, generator: torch.Generator | None) -> torch.Tensor:
     """Pick the ``k`` entries of largest magnitude (order unspecified).
 
@@ -62,7 +82,7 @@ def _select_topk(flat: torch.Tensor, k: int, generator: torch.Generator | None) 
     every training step.
     """
     if flat.device.type == "cpu" and flat.dtype in _NUMPY_FLOATS:
-        return torch.from_numpy(largest_positions(np.abs(flat.detach().numpy()), k))
+        return torch.from_numpy(_largest_magnitudes(flat.detach().numpy(), k))
     return torch.topk(flat.abs(), k, sorted=False).indices
 
 

@@ -21,7 +21,7 @@ from torch import nn
 from fedunlearn.config import HistoryConfig
 from fedunlearn.errors import HistoryError
 from fedunlearn.history.layout import RECORD_HEADER, RECORD_MAGIC, LayerSlot, ParamLayout, RecordLayout
-from fedunlearn.history.pruning import get_selector, select_indices
+from fedunlearn.history.pruning import NumpySelector, get_numpy_selector, select_indices
 from fedunlearn.history.roundfile import RoundFileInfo, RoundFileWriter
 
 logger = logging.getLogger(__name__)
@@ -58,8 +58,12 @@ class _TorchLayer:
 class _NumpyLayer(_TorchLayer):
     """The same for a contiguous CPU parameter, through numpy views (a few times less overhead per op)."""
 
-    def __init__(self, slot: LayerSlot, param: torch.Tensor, layout: RecordLayout, record: np.ndarray) -> None:
+    def __init__(
+        self, slot: LayerSlot, param: torch.Tensor, layout: RecordLayout, record: np.ndarray,
+        select_np: NumpySelector | None,
+    ) -> None:
         super().__init__(slot, param, layout, record)
+        self.select_np = select_np
         self.param_np = param.numpy().reshape(-1)  # shares memory with the parameter
         self.snapshot_np = self.snapshot.numpy().reshape(-1)
         self.indices_np = layout.index_view(record, slot)
@@ -75,14 +79,21 @@ class _NumpyLayer(_TorchLayer):
         if self.indices_np is None:
             np.copyto(self.values_np, delta, casting="same_kind")
             return
-        idx = select(self.snapshot.view(-1), self.slot.keep).numpy()
+        if self.select_np is not None:
+            idx = self.select_np(delta, self.slot.keep)
+        else:
+            idx = select(self.snapshot.view(-1), self.slot.keep).numpy()
         np.copyto(self.indices_np, idx, casting="unsafe")  # int64 -> int32 (checked: numel < 2**31)
         np.copyto(self.values_np, delta[idx], casting="same_kind")
 
 
-def _layer(slot: LayerSlot, param: torch.Tensor, layout: RecordLayout, record: np.ndarray) -> _TorchLayer:
-    fits_numpy = param.device.type == "cpu" and param.is_contiguous() and param.dtype == torch.float32
-    return (_NumpyLayer if fits_numpy else _TorchLayer)(slot, param, layout, record)
+def _layer(
+    slot: LayerSlot, param: torch.Tensor, layout: RecordLayout, record: np.ndarray, *, select_np: NumpySelector | None
+) -> _TorchLayer:
+    """Pick the numpy implementation for contiguous float32 CPU parameters, torch otherwise."""
+    if param.device.type == "cpu" and param.is_contiguous() and param.dtype == torch.float32:
+        return _NumpyLayer(slot, param, layout, record, select_np)
+    return _TorchLayer(slot, param, layout, record)
 
 
 class RoundRecorder:
@@ -120,7 +131,7 @@ class RoundRecorder:
         self._path, self._layout, self._digest, self._commit = path, layout, digest, commit
         self._records = RecordLayout(layout, config)
         self._selector = config.selector
-        get_selector(self._selector)  # unknown name fails before training starts
+        self._select_np = get_numpy_selector(self._selector)  # unknown name fails before training starts
         self._generator = generator if generator is not None else torch.Generator().manual_seed(round_number)
         self._record = np.zeros(self._records.record_bytes, dtype=np.uint8)
         self._layers: list[_TorchLayer] = []
@@ -206,5 +217,7 @@ class RoundRecorder:
             raise HistoryError(f"the model does not match this history's parameter layout: {problem}")
         params = [p.detach() for p in model.parameters()]
         pairs = zip(self._records.slots, params, strict=True)
-        self._model, self._layers = model, [_layer(slot, p, self._records, self._record) for slot, p in pairs]
+        self._model, self._layers = model, [
+            _layer(slot, p, self._records, self._record, select_np=self._select_np) for slot, p in pairs
+        ]
         return self._layers

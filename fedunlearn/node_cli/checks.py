@@ -73,8 +73,9 @@ def parse_id_lines(lines: Iterable[str], *, source: str) -> IdList:
     if problems:
         raise problems_error(problems)
     if not ids:
-        raise DeletionRequestError(f"{source} holds no sample ids (only blank lines or # comments); "
-                                   "write one integer sample id per line")
+        raise DeletionRequestError(
+            f"{source} holds no sample ids (only blank lines or # comments); write one integer sample id per line"
+        )
     return IdList(tuple(ids), tuple(numbers), source)
 
 
@@ -109,7 +110,7 @@ class SiteRecord:
 
     @staticmethod
     def load(state_dir: Path) -> SiteRecord | None:
-        """The record of ``state_dir``; None when the node never wrote one (no ``site.json``)."""
+        """Read the record of ``state_dir``; None when the node never wrote one (no ``site.json``)."""
         site_path = state_dir / SITE_FILE
         if not site_path.exists():
             return None
@@ -119,18 +120,21 @@ class SiteRecord:
             labels_path = state_dir / SAMPLE_LABELS_FILE
             labels = np.load(labels_path, allow_pickle=False).astype(np.int64) if labels_path.exists() else None
         except (OSError, ValueError) as err:
-            raise DeletionRequestError(f"cannot read the site files in {state_dir} ({err}); restart the node once "
-                                       "so that it rewrites them") from err
+            raise DeletionRequestError(
+                f"cannot read the site files in {state_dir} ({err}); restart the node once so that it rewrites them"
+            ) from err
         if labels is not None and len(labels) != len(ids):
             labels = None  # written by another run's layout; fall back to the counts in site.json
         return SiteRecord(state_dir, info, ids, labels)
 
     def describe(self) -> str:
         """``partition 1 of mnist, 500 samples`` for messages."""
-        return f"partition {self.info.get('partition_id')} of {self.info.get('dataset')}, {len(self.sample_ids)} samples"
+        return (
+            f"partition {self.info.get('partition_id')} of {self.info.get('dataset')}, {len(self.sample_ids)} samples"
+        )
 
     def class_counts(self) -> dict[int, int]:
-        """Samples per label as the node recorded them."""
+        """Count samples per label as the node recorded them."""
         if self.labels is not None:
             values, counts = np.unique(self.labels, return_counts=True)
             return {int(v): int(c) for v, c in zip(values, counts, strict=True)}
@@ -146,20 +150,27 @@ class QueueView:
 
     @staticmethod
     def load(state_dir: Path) -> QueueView:
+        """Read the requests of ``state_dir`` (none if it has no ``requests/`` folder)."""
         if not (state_dir / "requests").is_dir():
             return QueueView((), np.empty(0, np.int64))
         queue = DeletionQueue(state_dir)
         return QueueView(tuple(queue.all()), queue.forgotten_ids())
 
     def pending(self) -> list[DeletionRequest]:
+        """Return the requests not served yet."""
         return [r for r in self.requests if r.status == "pending"]
 
 
 def plan_request(
-    state_dir: Path, *, samples: IdList | None = None, label: int | None = None, everything: bool = False,
-    request_id: str | None = None, unchecked: bool = False,
+    state_dir: Path,
+    *,
+    samples: IdList | None = None,
+    label: int | None = None,
+    everything: bool = False,
+    request_id: str | None = None,
+    unchecked: bool = False,
 ) -> DeletionRequest:
-    """The request the data officer asked for, if it passes every check (nothing is written).
+    """Build the request the data officer asked for, if it passes every check (writes nothing).
 
     Exactly one of ``samples``, ``label`` or ``everything`` selects the kind. Without a
     ``site.json`` the directory is not a node's state directory (a typo would queue a request
@@ -172,7 +183,8 @@ def plan_request(
         raise DeletionRequestError(
             f"{state_dir} has no {SITE_FILE}: it is not the state directory of a node that has joined a run. "
             "Check --state-dir (the SuperNode's node-config state-dir), or pass --unchecked to queue the request "
-            "anyway (the node then validates it when it serves it)")
+            "anyway (the node then validates it when it serves it)"
+        )
     queue = QueueView.load(state_dir)
     problems = _common_problems(queue, request_id)
     if samples is not None:
@@ -198,23 +210,28 @@ def _common_problems(queue: QueueView, request_id: str | None) -> list[str]:
     for request in queue.requests:
         if request.kind == "client":
             state = "pending" if request.status == "pending" else "served (this node left the federation)"
-            problems.append(f"client-level request {request.request_id} is already {state}: it covers everything "
-                            "this node holds")
+            problems.append(
+                f"client-level request {request.request_id} is already {state}: it covers everything this node holds"
+            )
     return problems
 
 
 def sample_problems(site: SiteRecord | None, samples: IdList, queue: QueueView) -> list[str]:
-    """Ids the node does not hold, ids already forgotten, ids already in a pending request."""
+    """Find ids the node does not hold, ids already forgotten, ids already in a pending request."""
     ids = np.asarray(samples.ids, dtype=np.int64)
     problems = []
     if site is not None:
         unknown = ids[~np.isin(ids, site.sample_ids)]
         if len(unknown):
-            problems.append(f"{len(unknown)} id(s) are not held by this node ({site.describe()}): "
-                            f"{samples.describe(unknown.tolist())}; use ids listed in {site.state_dir / SAMPLE_IDS_FILE}")
+            problems.append(
+                f"{len(unknown)} id(s) are not held by this node ({site.describe()}): "
+                f"{samples.describe(unknown.tolist())}; use ids listed in {site.state_dir / SAMPLE_IDS_FILE}"
+            )
     again = ids[np.isin(ids, queue.forgotten)]
     if len(again):
-        problems.append(f"{len(again)} id(s) were already forgotten (served requests): {samples.describe(again.tolist())}")
+        problems.append(
+            f"{len(again)} id(s) were already forgotten (served requests): {samples.describe(again.tolist())}"
+        )
     for request in queue.pending():
         if request.kind == "class" and site is not None and site.labels is not None:
             of_class = site.sample_ids[site.labels == request.label]
@@ -224,16 +241,21 @@ def sample_problems(site: SiteRecord | None, samples: IdList, queue: QueueView) 
             overlap = ids[np.isin(ids, np.asarray(request.sample_ids, dtype=np.int64))]
             covered = f"pending request {request.request_id}"
         if len(overlap):
-            problems.append(f"{len(overlap)} id(s) are already covered by {covered}: {samples.describe(overlap.tolist())}")
+            problems.append(
+                f"{len(overlap)} id(s) are already covered by {covered}: {samples.describe(overlap.tolist())}"
+            )
     return problems
 
 
 def class_problems(site: SiteRecord | None, label: int, queue: QueueView) -> list[str]:
-    """A label outside the dataset, a class the node does not hold (any more), a repeat."""
+    """Find a label outside the dataset, a class the node does not hold (any more), a repeat."""
     if label < 0:
         return [f"--class must be a label >= 0, got {label}"]
-    problems = [f"class {label} is already requested in pending request {r.request_id}"
-                for r in queue.pending() if r.kind == "class" and r.label == label]
+    problems = [
+        f"class {label} is already requested in pending request {r.request_id}"
+        for r in queue.pending()
+        if r.kind == "class" and r.label == label
+    ]
     if site is None:
         return problems
     num_classes = int(site.info.get("num_classes", 0))

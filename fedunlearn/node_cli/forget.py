@@ -31,20 +31,34 @@ EXIT_REFUSED = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of ``fedunlearn forget``."""
-    parser = argparse.ArgumentParser(prog="fedunlearn forget", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--state-dir", required=True, type=Path,
-                        help="this node's state directory (its SuperNode's node-config state-dir)")
+    """Build the command line of ``fedunlearn forget``."""
+    parser = argparse.ArgumentParser(
+        prog="fedunlearn forget", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--state-dir",
+        required=True,
+        type=Path,
+        help="this node's state directory (its SuperNode's node-config state-dir)",
+    )
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--samples", metavar="FILE", help="file of sample ids, one per line ('-' reads stdin)")
-    what.add_argument("--class", dest="label", type=int, metavar="N", help="forget every sample of class N on this node")
+    what.add_argument(
+        "--class", dest="label", type=int, metavar="N", help="forget every sample of class N on this node"
+    )
     what.add_argument("--all", action="store_true", help="forget everything this node contributed (it leaves)")
-    parser.add_argument("--request-id", default=None, help="use this id (letters, digits, - and _) instead of a random one, "
-                        "e.g. the ticket number of the erasure request")
+    parser.add_argument(
+        "--request-id",
+        default=None,
+        help="use this id (letters, digits, - and _) instead of a random one, "
+        "e.g. the ticket number of the erasure request",
+    )
     parser.add_argument("--check", action="store_true", help="only check the request; write nothing")
-    parser.add_argument("--unchecked", action="store_true",
-                        help="queue even if the state directory has no site.json yet (the node checks it when serving)")
+    parser.add_argument(
+        "--unchecked",
+        action="store_true",
+        help="queue even if the state directory has no site.json yet (the node checks it when serving)",
+    )
     return parser
 
 
@@ -63,8 +77,14 @@ def read_ids(source: str, *, stdin: TextIO) -> IdList:
 def forget(args: argparse.Namespace, *, stdin: TextIO) -> DeletionRequest:
     """Check the request ``args`` describe and, unless ``--check``, queue it; returns it."""
     samples = read_ids(args.samples, stdin=stdin) if args.samples is not None else None
-    request = plan_request(args.state_dir, samples=samples, label=args.label, everything=args.all,
-                           request_id=args.request_id, unchecked=args.unchecked)
+    request = plan_request(
+        args.state_dir,
+        samples=samples,
+        label=args.label,
+        everything=args.all,
+        request_id=args.request_id,
+        unchecked=args.unchecked,
+    )
     if not args.check:
         DeletionQueue(args.state_dir).submit(request)
     return request
@@ -72,7 +92,9 @@ def forget(args: argparse.Namespace, *, stdin: TextIO) -> DeletionRequest:
 
 def describe(request: DeletionRequest) -> str:
     """``sample-level, 20 samples`` / ``class-level, class 7`` / ``client-level``."""
-    detail = {"sample": f", {len(request.sample_ids)} samples", "class": f", class {request.label}"}.get(request.kind, "")
+    detail = {"sample": f", {len(request.sample_ids)} samples", "class": f", class {request.label}"}.get(
+        request.kind, ""
+    )
     return f"{request.kind}-level{detail}"
 
 
@@ -88,9 +110,12 @@ def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None) -> i
         print(f"fedunlearn forget: the {describe(request)} request is valid (not queued: --check)", file=sys.stderr)
         return 0
     print(request.request_id)
-    print(f"fedunlearn forget: queued {describe(request)} request {request.request_id} in "
-          f"{args.state_dir / 'requests'}; the node announces it with its next reply, and "
-          f"`fedunlearn receipts --state-dir {args.state_dir}` shows its receipt once served", file=sys.stderr)
+    print(
+        f"fedunlearn forget: queued {describe(request)} request {request.request_id} in "
+        f"{args.state_dir / 'requests'}; the node announces it with its next reply, and "
+        f"`fedunlearn receipts --state-dir {args.state_dir}` shows its receipt once served",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -50,8 +50,10 @@ def collect(state_dir: Path) -> ReceiptsReport:
     a request file is unreadable.
     """
     if not (state_dir / "requests").is_dir():
-        raise DeletionRequestError(f"{state_dir} holds no requests/ folder: it is not a node's state directory, "
-                                   "or no request was ever filed there; check --state-dir")
+        raise DeletionRequestError(
+            f"{state_dir} holds no requests/ folder: it is not a node's state directory, "
+            "or no request was ever filed there; check --state-dir"
+        )
     queue = DeletionQueue(state_dir)
     site = SiteRecord.load(state_dir)
     report = ReceiptsReport(str(state_dir), site.info if site else None)
@@ -69,21 +71,32 @@ def _served_row(queue: DeletionQueue, request: DeletionRequest, receipt_path: Pa
     try:
         receipt = json.loads(receipt_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DeletionRequestError(f"receipt {receipt_path} is unreadable ({err}); the server keeps a copy "
-                                   "under its out-dir/receipts") from err
+        raise DeletionRequestError(
+            f"receipt {receipt_path} is unreadable ({err}); the server keeps a copy under its out-dir/receipts"
+        ) from err
     forgotten_path = queue.dir / f"{request.request_id}.forgotten.npy"
     verified = None
     if forgotten_path.exists():
         verified = ids_digest(np.load(forgotten_path, allow_pickle=False)) == receipt.get("ids_sha256")
-    return {**receipt, "status": request.status, "created_at": request.created_at, "ids_verified": verified,
-            "receipt_path": str(receipt_path)}
+    return {
+        **receipt,
+        "status": request.status,
+        "created_at": request.created_at,
+        "ids_verified": verified,
+        "receipt_path": str(receipt_path),
+    }
 
 
 def _pending_row(request: DeletionRequest) -> dict[str, Any]:
-    row: dict[str, Any] = {"request_id": request.request_id, "kind": request.kind, "label": request.label,
-                           "num_samples": len(request.sample_ids) if request.kind == "sample" else None,
-                           "created_at": request.created_at, "attempts": request.attempts,
-                           "last_error": request.last_error}
+    row: dict[str, Any] = {
+        "request_id": request.request_id,
+        "kind": request.kind,
+        "label": request.label,
+        "num_samples": len(request.sample_ids) if request.kind == "sample" else None,
+        "created_at": request.created_at,
+        "attempts": request.attempts,
+        "last_error": request.last_error,
+    }
     if request.kind == "sample":  # the receipt will carry the same hash once served
         row["ids_sha256"] = ids_digest(request.sample_ids)
     return row
@@ -94,9 +107,13 @@ def _when(timestamp: float | None) -> str:
 
 
 def format_text(report: ReceiptsReport) -> str:
-    """The human-readable listing."""
+    """Format the report as the human-readable listing."""
     site = report.site
-    where = f" (partition {site.get('partition_id')} of {site.get('dataset')}, {site.get('num_samples')} samples)" if site else ""
+    where = (
+        f" (partition {site.get('partition_id')} of {site.get('dataset')}, {site.get('num_samples')} samples)"
+        if site
+        else ""
+    )
     lines = [f"state directory {report.state_dir}{where}", f"served: {len(report.served)}"]
     for row in report.served:
         metrics = row.get("metrics", {})
@@ -107,21 +124,27 @@ def format_text(report: ReceiptsReport) -> str:
             f"{row['method']}  served {_when(row.get('served_at'))}",
             f"      {shown}",
             f"      ids sha256 {row['ids_sha256'][:16]}... ({check[row['ids_verified']]})",
-            f"      model {row['model_digest_before'][:12]} -> {row['model_digest_after'][:12]}   {row['receipt_path']}",
+            f"      model {row['model_digest_before'][:12]} -> {row['model_digest_after'][:12]}",
+            f"      {row['receipt_path']}",
         ]
     lines.append(f"pending: {len(report.pending)}")
     for row in report.pending:
-        what = {"sample": f"{row['num_samples']} samples", "class": f"class {row['label']}"}.get(row["kind"], "all data")
+        what = {"sample": f"{row['num_samples']} samples", "class": f"class {row['label']}"}.get(
+            row["kind"], "all data"
+        )
         error = f"  last error: {row['last_error']}" if row["last_error"] else ""
-        lines.append(f"  {row['request_id']}  {row['kind']}-level  {what}  filed {_when(row['created_at'])}  "
-                     f"attempts {row['attempts']}{error}")
+        lines.append(
+            f"  {row['request_id']}  {row['kind']}-level  {what}  filed {_when(row['created_at'])}  "
+            f"attempts {row['attempts']}{error}"
+        )
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit code (0 listed, 2 no such state directory)."""
-    parser = argparse.ArgumentParser(prog="fedunlearn receipts", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="fedunlearn receipts", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--state-dir", required=True, type=Path, help="this node's state directory")
     parser.add_argument("--json", action="store_true", help="print JSON (served and pending lists) instead of text")
     args = parser.parse_args(argv)
@@ -131,8 +154,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fedunlearn receipts: {err}", file=sys.stderr)
         return EXIT_ERROR
     if args.json:
-        print(json.dumps({"state_dir": report.state_dir, "site": report.site, "served": report.served,
-                          "pending": report.pending}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "state_dir": report.state_dir,
+                    "site": report.site,
+                    "served": report.served,
+                    "pending": report.pending,
+                },
+                indent=2,
+            )
+        )
     else:
         print(format_text(report))
     return 0

@@ -9,7 +9,7 @@ context=UnlearnContext(...)) -> Correction``. Registered: ``amnesiac``,
 ``remain_steps``.
 """
 
-from fedunlearn.unlearning import amnesiac, baselines, gradient_ascent, label_flip, sfr_on  # noqa: F401 (registers)
+from fedunlearn.unlearning import amnesiac, baselines, gradient_ascent, label_flip, pga, sfr_on  # noqa: F401 (registers)
 from fedunlearn.unlearning.base import (
     Correction,
     Cost,

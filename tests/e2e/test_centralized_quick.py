@@ -50,6 +50,9 @@ def test_class_forgetting_on_real_mnist(tmp_path: Path, data_root: Path) -> None
     assert partial["RA"] > conventional["RA"] + 0.15  # the pruned history damages far less
     assert rows["finetune"]["RA"] > 0.85
     assert json.loads((tmp_path / "results.json").read_text())["status"] == "complete"
+    for name in ("fig_training_class.png", "fig_affected_batches.png"):
+        assert (tmp_path / name).stat().st_size > 10_000, name
+    assert "| partial_amnesiac | 0.10 |" in (tmp_path / "table.md").read_text()
     curve = data["curves"][0]
     assert curve["FA"][-1] > curve["FA"][0] + 0.5  # the class was learned during training
     (history,) = data["history"]

@@ -189,7 +189,7 @@ def test_torch_path_stores_the_same_as_numpy_path(tmp_path: Path, monkeypatch, k
 
     # Execute
     fast_kinds, fast = record(tmp_path / "numpy")
-    monkeypatch.setattr(recorder, "_layer", lambda *args: recorder._TorchLayer(*args))
+    monkeypatch.setattr(recorder, "_layer", lambda *args, **kwargs: recorder._TorchLayer(*args))
     slow_kinds, slow = record(tmp_path / "torch")
     # Assert
     assert fast_kinds == {"_NumpyLayer"} and slow_kinds == {"_TorchLayer"}

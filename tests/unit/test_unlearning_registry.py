@@ -32,6 +32,7 @@ EXPECTED_METHODS = [
     "partial_amnesiac",
     "partial_gradient_ascent",
     "partial_label_flip",
+    "pga",
     "random_label",
     "retrain",
     "sfr_on",

@@ -7,7 +7,7 @@ import functools
 import time
 import traceback
 from collections.abc import Callable
-from logging import WARNING
+from logging import ERROR, WARNING
 
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord
@@ -16,12 +16,14 @@ from flwr.common import log
 from fedunlearn import faults, protocol
 from fedunlearn.config import FederationConfig, NodeConfig
 from fedunlearn.deletion import DeletionRequest
-from fedunlearn.errors import FedUnlearnError
+from fedunlearn.errors import DeletionRequestError, FedUnlearnError, UnlearningError
 from fedunlearn.site import ClientSite
 from fedunlearn.site_unlearning import resume_commits
 
 #: Flower error code for a client-side fedunlearn error (the reason carries the message).
 FEDUNLEARN_ERROR_CODE = 100
+#: Flower error code for an unexpected exception in a handler (the reason names its class only).
+INTERNAL_ERROR_CODE = 101
 
 Handler = Callable[[Message, Context], Message]
 
@@ -60,19 +62,40 @@ def status_record(site: ClientSite) -> ConfigRecord:
 
 
 def reply_errors(handler: Handler) -> Handler:
-    """Turn a fedunlearn error into an error reply with a readable reason (the server logs
-    it and leaves this node out), instead of a bare traceback."""
+    """Turn an error into an error reply (the server logs it and leaves this node out).
+
+    The server gets the error's class and, for errors whose messages never name sample ids,
+    its message; errors that can name ids (``PRIVATE_ERRORS``) and unexpected exceptions
+    get a fixed text, so no id and no traceback leaves the client. The full error and
+    traceback go to the node's own log.
+    """
 
     @functools.wraps(handler)
     def wrapper(message: Message, context: Context) -> Message:
         try:
             return handler(message, context)
         except FedUnlearnError as err:
-            log(WARNING, "fedunlearn client error (%s): %s", type(err).__name__, err)
-            reason = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"
-            return Message(Error(code=FEDUNLEARN_ERROR_CODE, reason=reason), reply_to=message)
+            log(WARNING, "fedunlearn client error (%s): %s\n%s", type(err).__name__, err, traceback.format_exc(limit=3))
+            return Message(Error(code=FEDUNLEARN_ERROR_CODE, reason=server_reason(err)), reply_to=message)
+        except Exception as err:  # noqa: BLE001 - its text could hold anything: the server gets the class only
+            log(ERROR, "unexpected client error handling %s:\n%s", message.metadata.message_type, traceback.format_exc())
+            reason = f"{type(err).__name__}: unexpected error on the client (details in the node's log)"
+            return Message(Error(code=INTERNAL_ERROR_CODE, reason=reason), reply_to=message)
 
     return wrapper
+
+
+#: Errors whose messages may name sample ids (unknown, foreign or already deleted ids, ids
+#: missing from the history): the server only learns that the request cannot be served.
+PRIVATE_ERRORS: tuple[type[FedUnlearnError], ...] = (DeletionRequestError, UnlearningError)
+
+
+def server_reason(err: FedUnlearnError) -> str:
+    """The reason an error reply carries to the server (never sample ids, never a traceback)."""
+    if isinstance(err, PRIVATE_ERRORS):
+        return (f"{type(err).__name__}: this client cannot serve the request as asked; the reason (it may name "
+                "sample ids) stays in the node's log")
+    return f"{type(err).__name__}: {err}"
 
 
 def fault_injection_mod(message: Message, context: Context, call_next: Handler) -> Message:

@@ -47,10 +47,16 @@ class _Checks:
         )
 
     def positive(self, name: str, value: float) -> None:
-        self.require(value > 0, f"{name} must be > 0, got {value}")
+        self._finite_then(name, value, value > 0, "> 0")
 
     def non_negative(self, name: str, value: float) -> None:
-        self.require(value >= 0, f"{name} must be >= 0, got {value}")
+        self._finite_then(name, value, value >= 0, ">= 0")
+
+    def _finite_then(self, name: str, value: float, ok: bool, bound: str) -> None:
+        if not math.isfinite(value):
+            self.problems.append(f"{name} must be a finite number {bound}, got {value}")
+        else:
+            self.require(ok, f"{name} must be {bound}, got {value}")
 
     def one_of(self, name: str, value: str, allowed: tuple[str, ...]) -> None:
         self.require(value in allowed, f"{name} must be one of {', '.join(allowed)}; got {value!r}")
@@ -291,9 +297,11 @@ class FederationConfig:
         config: FederationConfig = from_run_config(cls, run_config)
         return config
 
-    def to_run_config(self) -> dict[str, bool | int | float | str]:
-        """The flat kebab-case mapping ``from_run_config`` reads (None values left out)."""
-        return to_run_config(self)
+    def to_run_config(self, *, include_unset: bool = False) -> dict[str, bool | int | float | str]:
+        """The flat kebab-case mapping ``from_run_config`` reads (None values left out, or
+        written as ``""`` with ``include_unset``, as ``[tool.flwr.app.config]`` needs: Flower
+        only accepts ``--run-config`` overrides of keys the table declares)."""
+        return to_run_config(self, include_unset=include_unset)
 
 
 # --------------------------------------------------------------------------- run_config bridge
@@ -422,8 +430,9 @@ def _valid_part(config_type: type[Any], values: Mapping[tuple[str, ...], Any], p
     return config
 
 
-def to_run_config(config: Any) -> dict[str, bool | int | float | str]:
-    """Flatten a (nested) config dataclass to kebab-case run-config keys, None left out."""
+def to_run_config(config: Any, *, include_unset: bool = False) -> dict[str, bool | int | float | str]:
+    """Flatten a (nested) config dataclass to kebab-case run-config keys (None: left out, or
+    ``""`` with ``include_unset``; ``from_run_config`` reads ``""`` back as None)."""
     flat: dict[str, bool | int | float | str] = {}
     for key, (path, _hint) in _run_config_keys(type(config)).items():
         value: Any = config
@@ -431,6 +440,8 @@ def to_run_config(config: Any) -> dict[str, bool | int | float | str]:
             value = getattr(value, name)
         if value is not None:
             flat[key] = value
+        elif include_unset:
+            flat[key] = ""
     return flat
 
 

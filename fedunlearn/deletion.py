@@ -9,12 +9,14 @@ client: receipts carry a SHA-256 of the sorted ids, not the ids.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -29,6 +31,8 @@ logger = logging.getLogger(__name__)
 RequestStatus = Literal["pending", "served"]
 DELETION_KINDS: tuple[str, ...] = get_args(DeletionKind)
 MAX_REQUEST_IDS = 10_000_000
+MAX_REQUEST_ID_CHARS = 128
+MAX_SAMPLE_ID = int(np.iinfo(np.int64).max)
 
 
 @dataclass(frozen=True)
@@ -50,9 +54,7 @@ class DeletionRequest:
     served_at: float | None = None
 
     def __post_init__(self) -> None:
-        problems = request_problems(self.kind, self.sample_ids, self.label)
-        if self.status not in get_args(RequestStatus):
-            problems.append(f"status must be one of {', '.join(get_args(RequestStatus))}; got {self.status!r}")
+        problems = request_problems(self.kind, self.sample_ids, self.label) + _record_problems(self)
         if problems:
             raise DeletionRequestError("; ".join(problems))
 
@@ -71,48 +73,121 @@ class DeletionRequest:
 
     @staticmethod
     def from_json(payload: dict[str, Any]) -> DeletionRequest:
+        """Parse a stored request; a malformed record raises DeletionRequestError naming the field."""
         if not isinstance(payload, dict):
             kind = type(payload).__name__
             raise DeletionRequestError(f"malformed deletion request record: expected an object, got {kind}")
-        try:
-            return DeletionRequest(**{**payload, "sample_ids": tuple(payload.get("sample_ids", ()))})
-        except TypeError as err:
-            raise DeletionRequestError(f"malformed deletion request record: {err}") from err
+        problems = [f"unknown field {k!r}" for k in payload if k not in REQUEST_FIELDS]
+        problems += [f"missing field {k!r}" for k in ("request_id", "kind") if k not in payload]
+        ids = payload.get("sample_ids", [])
+        if not isinstance(ids, list):
+            problems.append(f"sample_ids must be a list of integers, got {type(ids).__name__}")
+        if problems:
+            raise DeletionRequestError(f"malformed deletion request record: {'; '.join(problems)}")
+        return DeletionRequest(**{**payload, "sample_ids": tuple(ids)})
+
+
+REQUEST_FIELDS = frozenset(f.name for f in fields(DeletionRequest))
+
+
+def valid_request_id(request_id: object) -> bool:
+    """Whether ``request_id`` is 1 to MAX_REQUEST_ID_CHARS letters, digits, ``-`` or ``_`` (a safe file name)."""
+    return (isinstance(request_id, str) and 0 < len(request_id) <= MAX_REQUEST_ID_CHARS
+            and all(c.isascii() and (c.isalnum() or c in "-_") for c in request_id))
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _record_problems(request: DeletionRequest) -> list[str]:
+    """What makes the bookkeeping fields of a request invalid."""
+    problems = []
+    if not valid_request_id(request.request_id):
+        problems.append(f"request id must be alphanumeric (ASCII, with - or _), 1-{MAX_REQUEST_ID_CHARS} characters; "
+                        f"got {request.request_id!r}")
+    if request.status not in get_args(RequestStatus):
+        problems.append(f"status must be one of {', '.join(get_args(RequestStatus))}; got {request.status!r}")
+    if not _is_int(request.attempts) or request.attempts < 0:
+        problems.append(f"attempts must be an integer >= 0, got {request.attempts!r}")
+    if not _is_number(request.created_at):
+        problems.append(f"created_at must be a finite number (a time stamp), got {request.created_at!r}")
+    if request.served_at is not None and not _is_number(request.served_at):
+        problems.append(f"served_at must be a finite number or null, got {request.served_at!r}")
+    if request.last_error is not None and not isinstance(request.last_error, str):
+        problems.append(f"last_error must be a string or null, got {request.last_error!r}")
+    return problems
 
 
 def _clean_ids(sample_ids: Iterable[int]) -> tuple[int, ...]:
-    """Sorted unique ints; rejects non-integers, negatives and absurd sizes with clear errors."""
-    raw = list(sample_ids)
+    """Sorted unique ints; rejects non-integers, out-of-range ids and absurd sizes with clear errors."""
+    if isinstance(sample_ids, (str, bytes, dict)) or not isinstance(sample_ids, Iterable):
+        raise DeletionRequestError(f"sample ids must be a list of integers, got {type(sample_ids).__name__}")
+    raw = list(itertools.islice(sample_ids, MAX_REQUEST_IDS + 1))
     if len(raw) > MAX_REQUEST_IDS:
-        raise DeletionRequestError(f"a request may name at most {MAX_REQUEST_IDS} sample ids, got {len(raw)}")
-    bad = [v for v in raw if isinstance(v, bool) or not isinstance(v, (int, np.integer))]
-    if bad:
-        raise DeletionRequestError(f"sample ids must be integers, got {bad[:5]!r}")
+        raise DeletionRequestError(f"a request may name at most {MAX_REQUEST_IDS} sample ids, got more")
+    problems = _id_problems(raw)
+    if problems:
+        raise DeletionRequestError("; ".join(problems))
     ids = np.unique(np.asarray(raw, dtype=np.int64)) if raw else np.empty(0, np.int64)
-    if len(ids) and ids[0] < 0:
-        raise DeletionRequestError(f"sample ids must be >= 0, got {ids[ids < 0][:5].tolist()}")
     return tuple(int(v) for v in ids)
+
+
+def _id_problems(ids: Sequence[object]) -> list[str]:
+    bad = [v for v in ids if not _is_int(v)]
+    if bad:
+        return [f"sample ids must be integers, got {bad[:5]!r}"]
+    negative = [int(v) for v in ids if int(v) < 0]  # type: ignore[call-overload]
+    if negative:
+        return [f"sample ids must be >= 0, got {negative[:5]}"]
+    huge = [int(v) for v in ids if int(v) > MAX_SAMPLE_ID]  # type: ignore[call-overload]
+    if huge:
+        return [f"sample ids must be <= {MAX_SAMPLE_ID} (int64), got {huge[:5]}"]
+    return []
 
 
 def request_problems(kind: str, sample_ids: Sequence[int], label: int | None) -> list[str]:
     """What makes a request malformed (independent of any client's data)."""
-    if kind not in DELETION_KINDS:
+    if not isinstance(kind, str) or kind not in DELETION_KINDS:
         return [f"kind must be one of {', '.join(DELETION_KINDS)}; got {kind!r}"]
-    if kind == "sample" and not sample_ids:
+    if not isinstance(sample_ids, (tuple, list)):
+        return [f"sample ids must be a list of integers, got {type(sample_ids).__name__}"]
+    if kind == "sample" and len(sample_ids) == 0:
         return ["a sample-level request needs at least one sample id"]
-    if kind != "sample" and sample_ids:
+    if kind != "sample" and len(sample_ids):
         return [f"a {kind}-level request takes no sample ids (got {len(sample_ids)})"]
-    not_int = [v for v in sample_ids if isinstance(v, bool) or not isinstance(v, (int, np.integer))]
-    if not_int:
-        return [f"sample ids must be integers, got {not_int[:5]!r}"]
-    negative = [int(v) for v in sample_ids if v < 0]
-    if negative:
-        return [f"sample ids must be >= 0, got {negative[:5]}"]
-    if kind == "class" and (label is None or isinstance(label, bool) or not isinstance(label, int) or label < 0):
+    if len(sample_ids) > MAX_REQUEST_IDS:
+        return [f"a request may name at most {MAX_REQUEST_IDS} sample ids, got {len(sample_ids)}"]
+    problems = _id_problems(sample_ids)
+    if problems:
+        return problems
+    if kind == "class" and (not _is_int(label) or label < 0 or label > MAX_SAMPLE_ID):  # type: ignore[operator]
         return [f"a class-level request needs a label >= 0, got {label!r}"]
     if kind != "class" and label is not None:
-        return [f"a {kind}-level request takes no label (got {label})"]
+        return [f"a {kind}-level request takes no label (got {label!r})"]
     return []
+
+
+CHECKSUM_FIELD = "sha256"
+
+
+def _body_sha256(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _load_ids(path: Path) -> SampleIds:
+    """A ``.forgotten.npy`` file as int64 ids; a damaged file raises DeletionRequestError naming it."""
+    try:
+        ids = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise DeletionRequestError(f"{path} is damaged ({err}); restore it from backup") from err
+    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+        raise DeletionRequestError(f"{path} is damaged (expected a 1-d integer array, got {ids.dtype} {ids.shape})")
+    return ids.astype(np.int64)
 
 
 def ids_digest(sample_ids: SampleIds | Sequence[int]) -> str:
@@ -157,8 +232,9 @@ class DeletionQueue:
         self.receipts_dir.mkdir(parents=True, exist_ok=True)
 
     def _path(self, request_id: str) -> Path:
-        if not request_id or not all(c.isalnum() or c in "-_" for c in request_id):
-            raise DeletionRequestError(f"request id must be alphanumeric (with - or _), got {request_id!r}")
+        if not valid_request_id(request_id):
+            raise DeletionRequestError(f"request id must be alphanumeric (ASCII, with - or _), "
+                                       f"1-{MAX_REQUEST_ID_CHARS} characters; got {request_id!r}")
         return self.dir / f"{request_id}.json"
 
     def submit(self, request: DeletionRequest) -> DeletionRequest:
@@ -166,11 +242,17 @@ class DeletionQueue:
         path = self._path(request.request_id)
         if path.exists():
             raise DeletionRequestError(f"request {request.request_id} already exists in {self.dir}")
-        write_json_atomic(path, request.to_json())
+        self._write(request)
         logger.info("queued %s-level deletion request %s", request.kind, request.request_id)
         return request
 
+    def _write(self, request: DeletionRequest) -> None:
+        """Write a request file atomically, with a checksum of its content."""
+        body = request.to_json()
+        write_json_atomic(self._path(request.request_id), {**body, CHECKSUM_FIELD: _body_sha256(body)})
+
     def get(self, request_id: str) -> DeletionRequest:
+        """The stored request; a damaged file raises DeletionRequestError naming it."""
         path = self._path(request_id)
         if not path.exists():
             raise DeletionRequestError(f"no deletion request {request_id!r} in {self.dir}")
@@ -178,6 +260,13 @@ class DeletionQueue:
             payload = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise DeletionRequestError(f"request file {path} is not valid JSON ({err}); restore it from backup") from err
+        if isinstance(payload, dict) and CHECKSUM_FIELD in payload:
+            expected = payload.pop(CHECKSUM_FIELD)
+            if _body_sha256(payload) != expected:
+                raise DeletionRequestError(
+                    f"request file {path} was modified or damaged: its content does not match its checksum "
+                    f"({str(expected)[:16]}...); restore it from backup"
+                )
         try:
             return DeletionRequest.from_json(payload)
         except DeletionRequestError as err:
@@ -200,7 +289,7 @@ class DeletionQueue:
             logger.warning("ignoring a failure report for %s: it was served already", request_id)
             return current
         updated = replace(current, attempts=current.attempts + 1, last_error=reason)
-        write_json_atomic(self._path(request_id), updated.to_json())
+        self._write(updated)
         return updated
 
     def mark_served(self, request_id: str, *, resolved_ids: SampleIds, receipt: DeletionReceipt) -> DeletionRequest:
@@ -224,7 +313,7 @@ class DeletionQueue:
         """Last step of serving a request: flip its status to served (needs ``begin_commit`` first)."""
         receipt = self.receipt(request_id)
         updated = replace(self.get(request_id), status="served", served_at=receipt.served_at, last_error=None)
-        write_json_atomic(self._path(request_id), updated.to_json())
+        self._write(updated)
         return updated
 
     def interrupted_commits(self) -> list[DeletionRequest]:
@@ -234,11 +323,25 @@ class DeletionQueue:
     def committed_ids(self, request_id: str) -> SampleIds | None:
         """The ids ``begin_commit`` stored for a request (None if it never got that far)."""
         path = self.dir / f"{request_id}.forgotten.npy"
-        return np.load(path, allow_pickle=False).astype(np.int64) if path.exists() else None
+        return _load_ids(path) if path.exists() else None
 
     def forgotten_ids(self) -> SampleIds:
-        """All ids of served requests: excluded from every later training round."""
-        parts = [np.load(p) for p in sorted(self.dir.glob("*.forgotten.npy"))]
+        """All ids of served requests: excluded from every later training round.
+
+        Each request's ids are checked against the SHA-256 in its receipt, so a damaged
+        file raises DeletionRequestError instead of silently letting samples back in.
+        """
+        parts = []
+        for path in sorted(self.dir.glob("*.forgotten.npy")):
+            request_id = path.name.removesuffix(".forgotten.npy")
+            ids = _load_ids(path)
+            receipt = self.receipts_dir / f"{request_id}.json"
+            if receipt.exists() and ids_digest(ids) != self.receipt(request_id).ids_sha256:
+                raise DeletionRequestError(
+                    f"{path} does not hold the ids its receipt {receipt} hashes (damaged or modified); restore both "
+                    "from backup: until then this client cannot tell which samples it must never train on"
+                )
+            parts.append(ids)
         return np.unique(np.concatenate(parts)).astype(np.int64) if parts else np.empty(0, np.int64)
 
     def receipt(self, request_id: str) -> DeletionReceipt:

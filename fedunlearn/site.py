@@ -90,20 +90,21 @@ class ClientSite:
 
     # ------------------------------------------------------------------------ files
     def _write_site_files(self) -> None:
-        """Record which ids (and labels) this client holds, so the node CLI (``fedunlearn
-        forget``) can validate sample- and class-level requests offline.
+        """Record which ids (and labels) this client holds, for the node CLI.
 
+        ``fedunlearn forget`` validates sample- and class-level requests offline against them.
         ``sample_labels.npy`` is aligned with ``sample_ids.npy``; ``site.json`` is written
         last and carries per-class counts, so a complete ``site.json`` means complete files.
         """
         self.state_dir.mkdir(parents=True, exist_ok=True)
         labels = self.dataset.labels.numpy().astype(np.int64)
         values, counts = np.unique(labels, return_counts=True)
-        info = {"dataset": self.config.data.dataset, "partition_id": self.partition_id, "num_samples": len(self.dataset),
-                "num_classes": self.dataset.num_classes,
+        info = {"dataset": self.config.data.dataset, "partition_id": self.partition_id,
+                "num_samples": len(self.dataset), "num_classes": self.dataset.num_classes,
                 "class_counts": {str(int(v)): int(c) for v, c in zip(values, counts, strict=True)}}
         site_path, labels_path = self.state_dir / SITE_FILE, self.state_dir / SAMPLE_LABELS_FILE
-        if not site_path.exists() or not labels_path.exists() or json.loads(site_path.read_text(encoding="utf-8")) != info:
+        stale = not site_path.exists() or not labels_path.exists()
+        if stale or json.loads(site_path.read_text(encoding="utf-8")) != info:
             save_npy_atomic(self.state_dir / SAMPLE_IDS_FILE, self.dataset.ids())
             save_npy_atomic(labels_path, labels)
             write_json_atomic(site_path, info)

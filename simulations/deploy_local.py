@@ -8,6 +8,11 @@ federation with ``flwr run <app> <connection> --stream``, files the deletion thr
 ``fedunlearn forget`` on the chosen node once it has finished round 1, waits for the run to
 end, prints where the receipts are, and stops every process it started (also on failure or
 Ctrl-C). The federation options are those of ``fedunlearn simulate``.
+
+A deployment starts a new ClientApp process for every message, so the defaults are a quick
+demo: 3 nodes, 3 rounds, an MLP on 500 samples per node, and ``--set`` defaults
+``unlearn-outer-steps=1`` and ``fraction-evaluate=0.0`` (no client-evaluation messages);
+any ``--set key=value`` given overrides them.
 """
 
 from __future__ import annotations
@@ -27,7 +32,15 @@ from fedunlearn.deploy.run import DeletionPlan, RunOutcome, run_federation
 from simulations.simulate import add_federation_options, config_from_args, prepare_out_dir
 
 #: Small defaults: a deployment spawns one ClientApp process per message, so keep the demo quick.
-DEMO_DEFAULTS = {"clients": 3, "rounds": 3, "model": "mlp", "samples_per_client": 500, "test_samples": 1000}
+#: The ``--set`` items come first, so the user's own ``--set`` items override them.
+DEMO_DEFAULTS = {
+    "clients": 3,
+    "rounds": 3,
+    "model": "mlp",
+    "samples_per_client": 500,
+    "test_samples": 1000,
+    "set": ["unlearn-outer-steps=1", "fraction-evaluate=0.0"],
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

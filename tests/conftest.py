@@ -16,6 +16,8 @@ os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 if "FEDUNLEARN_DATA" not in os.environ and SHARED_DATA.is_dir():
     os.environ["FEDUNLEARN_DATA"] = str(SHARED_DATA)
+# Decoded datasets are cached here (not in ~/.cache), shared by the Ray actors of e2e tests.
+os.environ.setdefault("FEDUNLEARN_CACHE", str(REPO / ".pytest_cache" / "fedunlearn-data"))
 # Tiny test tensors are slower with several threads on a busy 2-core machine.
 torch.set_num_threads(1)
 

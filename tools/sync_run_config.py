@@ -25,7 +25,7 @@ def _toml(value: object) -> str:
 def main() -> None:
     path = Path(__file__).resolve().parents[1] / "pyproject.toml"
     text = path.read_text(encoding="utf-8")
-    body = "\n".join(f"{k} = {_toml(v)}" for k, v in FederationConfig().to_run_config().items())
+    body = "\n".join(f"{k} = {_toml(v)}" for k, v in FederationConfig().to_run_config(include_unset=True).items())
     pattern = re.compile(re.escape(HEADER) + r"\n(?:[^\[\n][^\n]*\n?)*")
     if not pattern.search(text):
         raise SystemExit(f"{HEADER} not found in {path}")

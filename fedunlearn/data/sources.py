@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fedunlearn.data import tensor_cache
 from fedunlearn.data.indexed import IndexedDataset
 from fedunlearn.data.roots import DATA_ENV_VAR, resolve_data_root
 from fedunlearn.errors import DataNotFoundError, UnknownNameError
@@ -77,10 +78,30 @@ def load_dataset(name: str, *, root: str | Path | None = None, download: bool = 
 
 @functools.lru_cache(maxsize=4)
 def _load_cached(name: str, root: Path, download: bool) -> DatasetBundle:
+    """Per process: memory; per machine: the decoded-tensor cache (see tensor_cache.py)."""
+    path = tensor_cache.cache_path(name, root, _source_files(name, root))
+    payload = tensor_cache.read(path) if path is not None else None
+    if payload is not None:
+        num_classes, shape = int(payload["num_classes"]), tuple(payload["input_shape"])  # type: ignore[call-overload, arg-type]
+        return DatasetBundle(name, tensor_cache.split_from(payload, "train", num_classes),
+                             tensor_cache.split_from(payload, "test", num_classes), num_classes, shape)
     loader = _LOADERS.get(name)
-    if loader is None:
-        return _load_medmnist(name, root, download)
-    return loader(root, download)
+    bundle = _load_medmnist(name, root, download) if loader is None else loader(root, download)
+    path = tensor_cache.cache_path(name, root, _source_files(name, root))  # files may exist only now
+    if path is not None:
+        tensor_cache.write(path, {"num_classes": bundle.num_classes, "input_shape": list(bundle.input_shape),
+                                  **tensor_cache.split_payload("train", bundle.train),
+                                  **tensor_cache.split_payload("test", bundle.test)})
+    return bundle
+
+
+def _source_files(name: str, root: Path) -> list[Path]:
+    """The files a dataset is decoded from (none for sets bundled with packages: not cached)."""
+    if name == "mnist":
+        return [root / "MNIST" / "raw" / f for f in MNIST_FILES]
+    if name in _LOADERS:
+        return []
+    return [root / f"{name}.npz"]
 
 
 def _normalized_images(images: np.ndarray | torch.Tensor, mean: float, std: float) -> torch.Tensor:

@@ -92,7 +92,8 @@ class HistoryStore:
         else:
             self._manifest = self._fresh_manifest(path)
         listed = {entry.file for entry in self._manifest.rounds.values()}
-        self._remove_strays("round-*.bin", "a change that was never committed", keep=listed)
+        if self._listed_files_present(listed):
+            self._remove_strays("round-*.bin", "a change that was never committed", keep=listed)
 
     @classmethod
     def for_model(cls, directory: str | Path, *, model: nn.Module, config: HistoryConfig) -> HistoryStore:
@@ -124,6 +125,16 @@ class HistoryStore:
                 f"{self.directory} was recorded with {manifest.settings}, but opened with {wanted}. A history cannot "
                 "mix settings: open it with the same HistoryConfig, or use a new directory."
             )
+
+    def _listed_files_present(self, listed: set[str]) -> bool:
+        """False (logged) if a committed round file is missing: unlisted round files are then
+        kept, since one may be the missing data under another name rather than a crash's orphan.
+        Reading the affected round raises HistoryCorruptedError naming the missing file."""
+        missing = sorted(name for name in listed if not (self.directory / name).exists())
+        if missing:
+            logger.error("%s: committed round file(s) %s are missing; keeping unlisted round files. %s",
+                         self.directory, missing, CORRUPTION_ADVICE)
+        return not missing
 
     def _remove_strays(self, pattern: str, cause: str, *, keep: set[str] | None = None) -> None:
         for path in sorted(self.directory.glob(pattern)):

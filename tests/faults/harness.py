@@ -115,3 +115,52 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
 def unlearning_events(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The unlearning events of a run, in order."""
     return [e for e in results["events"] if e.get("type") == "unlearning"]
+
+
+class RecordingGrid:
+    """Wraps a real Grid and keeps every message the server sends and every reply it receives."""
+
+    def __init__(self, grid: Any, received: list[Message], sent: list[Message]) -> None:
+        self._grid, self.received, self.sent = grid, received, sent
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        messages = list(messages)
+        self.sent.extend(messages)
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        self.received.extend(replies)
+        return replies
+
+
+def run_simulation_recorded(config: FederationConfig, *, received: list[Message], sent: list[Message],
+                            cpus: int = 2) -> dict[str, Any]:
+    """Run the project's ServerApp and ClientApp on Flower's simulation engine (Ray), with
+    every message the server exchanges recorded; return the parsed results.json."""
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.simulation import run_simulation
+
+    from server.server_app import make_server_app
+
+    inner = make_server_app(overrides=config.to_run_config())
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        inner(RecordingGrid(grid, received, sent), context)  # type: ignore[arg-type]
+
+    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": cpus}}
+    run_simulation(server_app=app, client_app=_client_app(), num_supernodes=config.data.num_clients,
+                   backend_config=backend)  # type: ignore[arg-type]
+    assert config.out_dir is not None
+    path = Path(config.out_dir) / "results.json"
+    assert path.exists(), f"the simulation wrote no {path}; see the log"
+    results: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return results
+
+
+def _client_app() -> ClientApp:
+    from clients.client_app import app
+
+    return app

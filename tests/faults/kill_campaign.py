@@ -10,6 +10,7 @@ re-sent until the client confirms; a round whose reply never came gets weight 0.
 from __future__ import annotations
 
 import multiprocessing as mp
+from multiprocessing import forkserver
 import os
 import random
 import signal
@@ -58,6 +59,27 @@ class Figures:
     served: int = 0
     unexpected_errors: list[str] = field(default_factory=list)
     kinds: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+def _forkserver() -> Any:
+    """The forkserver context, its server started with ``faults.warm_client`` preloaded.
+
+    Python 3.11's forkserver ignores the parent's sys.path when it preloads, so the tests
+    folder is put on PYTHONPATH while the server starts.
+    """
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["faults.warm_client"])
+    saved = os.environ.get("PYTHONPATH")
+    tests_dir = str(Path(__file__).resolve().parents[1])
+    os.environ["PYTHONPATH"] = os.pathsep.join([tests_dir, *([saved] if saved else [])])
+    try:
+        forkserver.ensure_running()
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+    return ctx
 
 
 class ClientProcess:
@@ -128,9 +150,7 @@ class KillCampaign:
         self.durations: dict[str, list[float]] = defaultdict(lambda: [0.2])
         self.round = 0
         self.next_request = 0
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["faults.warm_client"])
-        self.ctx = ctx
+        self.ctx = _forkserver()
         self.client: ClientProcess | None = None
 
     # ---------------------------------------------------------------- process handling

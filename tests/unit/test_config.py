@@ -271,8 +271,8 @@ def _toml_table(flat: dict[str, Any]) -> str:
 
 
 def test_pyproject_flwr_app_config_mirrors_dataclass_defaults() -> None:
-    # Prepare
-    expected = FederationConfig().to_run_config()
+    # Prepare: unset (None) keys appear as "" so that `flwr run --run-config` may set them.
+    expected = FederationConfig().to_run_config(include_unset=True)
 
     # Execute
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))

@@ -15,7 +15,7 @@ from flwr.common import log
 
 from fedunlearn import faults, protocol
 from fedunlearn.config import FederationConfig, NodeConfig
-from fedunlearn.deletion import DeletionRequest
+from fedunlearn.deletion import DeletionRequest, UnknownRequestError
 from fedunlearn.errors import DeletionRequestError, FedUnlearnError, UnlearningError
 from fedunlearn.site import ClientSite
 from fedunlearn.site_unlearning import resume_commits
@@ -78,7 +78,8 @@ def reply_errors(handler: Handler) -> Handler:
             log(WARNING, "fedunlearn client error (%s): %s\n%s", type(err).__name__, err, traceback.format_exc(limit=3))
             return Message(Error(code=FEDUNLEARN_ERROR_CODE, reason=server_reason(err)), reply_to=message)
         except Exception as err:  # noqa: BLE001 - its text could hold anything: the server gets the class only
-            log(ERROR, "unexpected client error handling %s:\n%s", message.metadata.message_type, traceback.format_exc())
+            log(ERROR, "unexpected client error handling %s:\n%s", message.metadata.message_type,
+                traceback.format_exc())
             reason = f"{type(err).__name__}: unexpected error on the client (details in the node's log)"
             return Message(Error(code=INTERNAL_ERROR_CODE, reason=reason), reply_to=message)
 
@@ -92,6 +93,9 @@ PRIVATE_ERRORS: tuple[type[FedUnlearnError], ...] = (DeletionRequestError, Unlea
 
 def server_reason(err: FedUnlearnError) -> str:
     """The reason an error reply carries to the server (never sample ids, never a traceback)."""
+    if isinstance(err, UnknownRequestError):
+        return (f"{type(err).__name__}: this client has no deletion request {err.request_id!r}; requests are filed "
+                "only on the owning node (fedunlearn forget)")
     if isinstance(err, PRIVATE_ERRORS):
         return (f"{type(err).__name__}: this client cannot serve the request as asked; the reason (it may name "
                 "sample ids) stays in the node's log")

@@ -35,6 +35,14 @@ MAX_REQUEST_ID_CHARS = 128
 MAX_SAMPLE_ID = int(np.iinfo(np.int64).max)
 
 
+class UnknownRequestError(DeletionRequestError):
+    """A request id this client's queue does not hold (e.g. one a server named on its own)."""
+
+    def __init__(self, request_id: str, folder: Path) -> None:
+        self.request_id = request_id
+        super().__init__(f"no deletion request {request_id!r} in {folder}")
+
+
 @dataclass(frozen=True)
 class DeletionRequest:
     """What a data owner asked to forget on one client.
@@ -255,7 +263,7 @@ class DeletionQueue:
         """The stored request; a damaged file raises DeletionRequestError naming it."""
         path = self._path(request_id)
         if not path.exists():
-            raise DeletionRequestError(f"no deletion request {request_id!r} in {self.dir}")
+            raise UnknownRequestError(request_id, self.dir)
         try:
             payload = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -331,6 +339,13 @@ class DeletionQueue:
         Each request's ids are checked against the SHA-256 in its receipt, so a damaged
         file raises DeletionRequestError instead of silently letting samples back in.
         """
+        served = [r.request_id for r in self.all() if r.status == "served"]
+        missing = [rid for rid in served if not (self.dir / f"{rid}.forgotten.npy").exists()]
+        if missing:
+            raise DeletionRequestError(
+                f"served request(s) {missing} have no {missing[0]}.forgotten.npy in {self.dir} (deleted or lost); "
+                "restore it from backup: until then this client cannot tell which samples it must never train on"
+            )
         parts = []
         for path in sorted(self.dir.glob("*.forgotten.npy")):
             request_id = path.name.removesuffix(".forgotten.npy")

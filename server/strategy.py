@@ -202,5 +202,6 @@ def _eval_problems(replies: list[Message]) -> dict[Message, str]:
         common = keysets.most_common(1)[0][0]
         for message in replies:
             if message not in problems and frozenset(message.content[protocol.METRICS]) != common:
-                problems[message] = f"metric keys {sorted(message.content[protocol.METRICS])}, expected {sorted(common)}"
+                keys = sorted(message.content[protocol.METRICS])
+                problems[message] = f"metric keys {keys}, expected {sorted(common)}"
     return problems

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
-from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,7 +24,7 @@ from flwr.common import log
 from flwr.serverapp import Grid
 
 from fedunlearn import protocol
-from fedunlearn.aggregation import add_scaled, check_state, fast_slow_step, fedavg_weights, state_digest, weighted_sum
+from fedunlearn.aggregation import add_scaled, fast_slow_step, fedavg_weights, state_digest, weighted_sum
 from fedunlearn.atomic import write_json_atomic
 from fedunlearn.deletion import DeletionReceipt
 from fedunlearn.errors import FedUnlearnError

@@ -24,10 +24,10 @@ from fedunlearn.config import HistoryConfig, TrainConfig
 from fedunlearn.data import DatasetBundle, IndexedDataset
 from fedunlearn.history import HistoryStore
 from fedunlearn.models import build_model
-from fedunlearn.training import train_local
+from fedunlearn.training import FanOut, train_local
 from fedunlearn.unlearning.base import ForgetRetainSplit, UnlearnContext, get_method
 from simulations.centralized_profiles import DatasetSpec, MethodSpec, Profile
-from simulations.recording import CurveLogger, FanOut
+from simulations.recording import CurveLogger
 
 
 @dataclass

@@ -1,6 +1,7 @@
-"""Training observers for the runners: one training run feeding several recorders, and FA/RA curves.
+"""Training observers for the runners: FA/RA curves next to the history recorders.
 
-``train_local(..., observer=FanOut(rec_full, rec_partial, curves))`` records the same steps
+``train_local(..., observer=FanOut(rec_full, rec_partial, curves))`` (``FanOut`` from
+``fedunlearn.training``) records the same steps
 into a full (keep_ratio 1.0) and a pruned history at once, which is cheaper than training
 twice and guarantees both histories describe the same model, while ``CurveLogger`` measures
 accuracy on the targeted and retained data for the seed paper's Figures 1-2.
@@ -8,30 +9,11 @@ accuracy on the targeted and retained data for the seed paper's Figures 1-2.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
 from fedunlearn.data import IndexedDataset
 from fedunlearn.metrics import accuracy
-
-
-class FanOut:
-    """A ``StepObserver`` that forwards every call to each of ``observers``, in order."""
-
-    def __init__(self, *observers: Any) -> None:
-        self.observers = observers
-
-    def before_step(self, model: nn.Module) -> None:
-        """Forward ``before_step`` to every observer."""
-        for obs in self.observers:
-            obs.before_step(model)
-
-    def after_step(self, model: nn.Module, sample_ids: torch.Tensor) -> None:
-        """Forward ``after_step`` to every observer."""
-        for obs in self.observers:
-            obs.after_step(model, sample_ids)
 
 
 class CurveLogger:

@@ -10,7 +10,6 @@ re-sent until the client confirms; a round whose reply never came gets weight 0.
 from __future__ import annotations
 
 import multiprocessing as mp
-from multiprocessing import forkserver
 import os
 import random
 import signal
@@ -19,7 +18,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
+from multiprocessing import forkserver
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +158,9 @@ class KillCampaign:
 
     def _start(self, *, may_die: bool) -> None:
         while True:
-            die = (self.rng.randint(1, 3), self.rng.choice(["before", "after"])) if may_die and self.rng.random() < 0.3 else None
+            die = None
+            if may_die and self.rng.random() < 0.3:
+                die = (self.rng.randint(1, 3), self.rng.choice(["before", "after"]))
             self.client = ClientProcess(self.ctx, self.run_config, self.state_dir, self.exchange, die)
             self.figures.restarts += 1
             reply = self.client.wait_reply(STARTUP_TIMEOUT)
@@ -291,7 +292,8 @@ class KillCampaign:
         self.figures.rounds += 1
         server_round = self.round
         global_path = save_tensors(self.root / "server-global.pt", self.global_state)
-        reply = self.call("train", killable=killable, round=server_round, weights=self.weights, **{"global": global_path})
+        reply = self.call("train", killable=killable, round=server_round, weights=self.weights,
+                          **{"global": global_path})
         if reply is None or not reply["ok"]:
             self.weights[server_round] = 0.0  # the update never reached the model
             return

@@ -25,6 +25,7 @@ from fedunlearn.deletion import DeletionQueue
 pytestmark = pytest.mark.faults
 
 REQUEST = "sched-r1-c1-sample-10p0"
+Outcome = tuple[Path, dict[str, Any], LocalGrid]
 BASE = {"dataset": "digits", "model": "mlp", "num-clients": 3, "samples-per-client": 150, "test-samples": 200,
         "num-server-rounds": 3, "deletion-schedule": "1:1:sample:10", "phase-retries": 1, "batch-size": 32,
         "lr": 0.1, "unlearn-outer-steps": 2, "unlearn-remain-steps": 2, "client-threads": 1}
@@ -55,7 +56,7 @@ def assert_rolled_back(event: dict[str, Any]) -> None:
 
 # ------------------------------------------------------------------ corrupted replies
 @pytest.fixture(scope="module")
-def corrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], LocalGrid]:
+def corrupted(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     tmp = tmp_path_factory.mktemp("corrupted")
     plans = {
         1: "forget:nan:1,forget:inf:1:1,forget:shape:1:2,forget:extra-key:1:3,forget:missing-key:1:4",
@@ -67,7 +68,7 @@ def corrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
 
 
 def test_nonfinite_or_misshapen_corrections_defer_the_phase_without_touching_the_model(
-    corrupted: tuple[Path, dict[str, Any], LocalGrid],
+    corrupted: Outcome,
 ) -> None:
     _, results, _ = corrupted
     first, second, third = unlearning_events(results)
@@ -79,14 +80,14 @@ def test_nonfinite_or_misshapen_corrections_defer_the_phase_without_touching_the
     assert third["model_before"] != third["model_after"]
 
 
-def test_invalid_remain_replies_are_left_out_of_the_slow_step(corrupted: tuple[Path, dict[str, Any], LocalGrid]) -> None:
+def test_invalid_remain_replies_are_left_out_of_the_slow_step(corrupted: Outcome) -> None:
     _, results, _ = corrupted
     served = unlearning_events(results)[-1]
     assert replied(served, "slow 1/2") == 2  # client 0 sent a wrong shape, then a missing entry
     assert replied(served, "slow 2/2") == 3
 
 
-def test_served_request_records_the_failed_attempts_on_the_client(corrupted: tuple[Path, dict[str, Any], LocalGrid]) -> None:
+def test_served_request_records_the_failed_attempts_on_the_client(corrupted: Outcome) -> None:
     tmp, results, _ = corrupted
     request = request_on_client(tmp)
     assert request.status == "served" and request.attempts == 2 and request.last_error is None
@@ -95,7 +96,7 @@ def test_served_request_records_the_failed_attempts_on_the_client(corrupted: tup
 
 
 def test_invalid_train_and_evaluate_replies_are_left_out_and_get_weight_zero(
-    corrupted: tuple[Path, dict[str, Any], LocalGrid],
+    corrupted: Outcome,
 ) -> None:
     tmp, results, _ = corrupted
     first_round = results["rounds"][0]
@@ -107,7 +108,7 @@ def test_invalid_train_and_evaluate_replies_are_left_out_and_get_weight_zero(
 
 # ------------------------------------------------------------------ dropouts, timeouts, lost acks
 @pytest.fixture(scope="module")
-def dropouts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], LocalGrid]:
+def dropouts(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     tmp = tmp_path_factory.mktemp("dropouts")
     plans = {
         1: "forget:crash:2,verify:hang=7:1,verify:error:1:1,commit:lost:2:2",
@@ -118,7 +119,7 @@ def dropouts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
 
 
 def test_dropout_and_timeout_defer_and_the_request_is_served_later(
-    dropouts: tuple[Path, dict[str, Any], LocalGrid],
+    dropouts: Outcome,
 ) -> None:
     tmp, results, _ = dropouts
     events = unlearning_events(results)
@@ -131,7 +132,7 @@ def test_dropout_and_timeout_defer_and_the_request_is_served_later(
     assert replied(events[1], "slow 1/2") == 2  # client 2 crashed twice in the slow step
 
 
-def test_lost_commit_ack_is_confirmed_later_without_serving_twice(dropouts: tuple[Path, dict[str, Any], LocalGrid]) -> None:
+def test_lost_commit_ack_is_confirmed_later_without_serving_twice(dropouts: Outcome) -> None:
     tmp, results, grid = dropouts
     unconfirmed, late = unlearning_events(results)[2:]
     assert unconfirmed["model_before"] != unconfirmed["model_after"]  # applied after verification

@@ -36,7 +36,8 @@ METRIC_KEYS = {protocol.NUM_EXAMPLES, protocol.TRAIN_LOSS, protocol.PENDING_DELE
                protocol.HISTORY_DENSE_BYTES, protocol.HISTORY_ROUND_BYTES, protocol.EVAL_LOSS, protocol.EVAL_ACCURACY,
                protocol.NUM_RETAINED, protocol.FA_BEFORE, protocol.FORWARD_BACKWARD, protocol.HISTORY_STEPS,
                protocol.SECONDS, protocol.PURGED_STEPS, protocol.FA, protocol.RA, protocol.MIA, protocol.ATTEMPTS}
-CONFIG_KEYS = {protocol.STATUS: {protocol.PARTITION_ID, protocol.REQUEST_IDS}, protocol.RECEIPT: {protocol.RECEIPT_JSON}}
+CONFIG_KEYS = {protocol.STATUS: {protocol.PARTITION_ID, protocol.REQUEST_IDS},
+               protocol.RECEIPT: {protocol.RECEIPT_JSON}}
 RECEIPT_FIELDS = {f.name for f in dataclasses.fields(DeletionReceipt)}
 
 

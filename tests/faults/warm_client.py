@@ -15,13 +15,12 @@ import torch
 
 torch.set_num_threads(1)
 
+from faults.client_process import serve  # noqa: E402,F401 - the entry point, imported once here
+from faults.kill_campaign_config import CLIENT_CONFIG  # noqa: E402
 from fedunlearn import site_unlearning as su  # noqa: E402
 from fedunlearn.config import FederationConfig  # noqa: E402
 from fedunlearn.deletion import DeletionRequest  # noqa: E402
 from fedunlearn.site import ClientSite  # noqa: E402
-
-from faults.client_process import serve  # noqa: E402,F401 - the entry point, imported once here
-from faults.kill_campaign_config import CLIENT_CONFIG  # noqa: E402
 
 
 def _warm_up() -> None:

@@ -190,12 +190,13 @@ def _body_sha256(body: dict[str, Any]) -> str:
 def _load_ids(path: Path) -> SampleIds:
     """A ``.forgotten.npy`` file as int64 ids; a damaged file raises DeletionRequestError naming it."""
     try:
-        ids = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:
+        ids: np.ndarray = np.load(path, allow_pickle=False)
+    except Exception as err:  # noqa: BLE001 - a damaged header raises anything from ValueError to TokenError
         raise DeletionRequestError(f"{path} is damaged ({err}); restore it from backup") from err
     if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
         raise DeletionRequestError(f"{path} is damaged (expected a 1-d integer array, got {ids.dtype} {ids.shape})")
-    return ids.astype(np.int64)
+    result: SampleIds = ids.astype(np.int64)
+    return result
 
 
 def ids_digest(sample_ids: SampleIds | Sequence[int]) -> str:

@@ -110,14 +110,18 @@ def fast_correction(
     model = site.build_model(state)
     fa_before = accuracy(model, split.forget)
     seed = phase_seed(site, request, outer_step)
+    history = None if is_spread(config) or outer_step > 0 else _history_for(site, model, config.method)
     if is_spread(config):
         correction = _sfr_fast_share(site, model, split, request, outer_step, remain_fisher, seed)
     elif outer_step > 0:
         correction = _zero(config.method, state, "one-shot method, already applied")
     elif len(split.retain) == 0 and method_needs_retain(config.method, config):
         correction = _zero(config.method, state, "no retained data on this client; the slow steps do the work")
+    elif history is not None and not history.affected_steps(split.forget.ids()):
+        # Never trained on, or every step that touched them was purged with an earlier request's
+        # batches (and so already subtracted): nothing is left to undo.
+        correction = _zero(config.method, state, "no stored step holds these samples; the slow steps do the rest")
     else:
-        history = _history_for(site, model, config.method)
         context = UnlearnContext(history=history, history_weighted=True, train_config=site.config.train, seed=seed,
                                  remain_fisher=remain_fisher, model_factory=site.build_model)
         correction = get_method(config.method)(model, split=split, config=config, context=context)

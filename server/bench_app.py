@@ -58,7 +58,9 @@ class CellPlan:
     method_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        bad = sorted({k for over in self.method_overrides.values() for k in over if not k.startswith(METHOD_KEY_PREFIXES)})
+        bad = sorted(
+            {k for over in self.method_overrides.values() for k in over if not k.startswith(METHOD_KEY_PREFIXES)}
+        )
         unknown = sorted(set(self.method_overrides) - set(self.methods))
         problems = [f"method overrides may only set unlearn-*/sfr-* keys, got {bad}"] if bad else []
         problems += [f"method overrides for labels not in methods: {unknown}"] if unknown else []
@@ -82,8 +84,17 @@ def broadcast(grid: Grid, state: ServerState, message_type: str, name: str) -> N
     """Send a snapshot/restore instruction to every known client; all must confirm."""
     config = ConfigRecord({protocol.SNAPSHOT_NAME: name})
     nodes = sorted(state.strategy.partition_of)
-    exchange(grid, state, Exchange(message_type, nodes, lambda n: state.strategy.build_message(
-        n, message_type, arrays=None, config=config), required=True), PhaseStats())
+    exchange(
+        grid,
+        state,
+        Exchange(
+            message_type,
+            nodes,
+            lambda n: state.strategy.build_message(n, message_type, arrays=None, config=config),
+            required=True,
+        ),
+        PhaseStats(),
+    )
 
 
 def set_config(state: ServerState, config: FederationConfig) -> None:
@@ -106,10 +117,16 @@ def run_methods(grid: Grid, state: ServerState, cell: CellPlan, progress: Progre
         start = time.perf_counter()
         outcomes = serve_pending(grid, state, rounds)
         save_model(state, f"models/{label}.pt")
-        state.results.events.append({"type": "method", "method": label, "unlearn_method": method_of(label),
-                                     "seconds": time.perf_counter() - start,
-                                     "outcomes": [o.request_id for o in outcomes],
-                                     "served": sum(o.status == "served" for o in outcomes)})
+        state.results.events.append(
+            {
+                "type": "method",
+                "method": label,
+                "unlearn_method": method_of(label),
+                "seconds": time.perf_counter() - start,
+                "outcomes": [o.request_id for o in outcomes],
+                "served": sum(o.status == "served" for o in outcomes),
+            }
+        )
     set_config(state, base)
 
 
@@ -136,8 +153,9 @@ def run_retrain(grid: Grid, state: ServerState, progress: Progress) -> None:
         state.round_hooks = hooks
     seconds = time.perf_counter() - start
     save_model(state, "models/RT.pt")
-    state.results.events.append({"type": "retrain", "seconds": seconds, "rounds": rounds,
-                                 "messages": sum(r["messages"] for r in rounds)})
+    state.results.events.append(
+        {"type": "retrain", "seconds": seconds, "rounds": rounds, "messages": sum(r["messages"] for r in rounds)}
+    )
     set_config(state, base)
 
 
@@ -162,7 +180,10 @@ def run_bench_cell(grid: Grid, context: Context, cell: CellPlan, say: Progress) 
 
 
 def make_bench_server_app(
-    *, cells: Sequence[CellPlan], progress: Progress | None = None, on_cell: CellDone | None = None,
+    *,
+    cells: Sequence[CellPlan],
+    progress: Progress | None = None,
+    on_cell: CellDone | None = None,
     keep_going: Callable[[], bool] | None = None,
 ) -> ServerApp:
     """The benchmark ServerApp for ``cells`` (served in order, in one simulation).

@@ -82,7 +82,9 @@ def dataset_problem(profile: Profile, cell: Cell, data_root: str | None) -> str:
     return ""
 
 
-def method_plan(profile: Profile, cell: Cell, available: set[str], *, tune: bool) -> tuple[list[str], dict[str, dict[str, Any]]]:
+def method_plan(
+    profile: Profile, cell: Cell, available: set[str], *, tune: bool
+) -> tuple[list[str], dict[str, dict[str, Any]]]:
     """Method labels and their settings: tuned ones, or every tuning variant (``name@k``)."""
     names = profile.methods(cell, available)
     if not tune:
@@ -95,8 +97,15 @@ def method_plan(profile: Profile, cell: Cell, available: set[str], *, tune: bool
     return labels, {k: v for k, v in overrides.items() if v}
 
 
-def plan(profile: Profile, out: Path, *, data_root: str | None, tune: bool = False,
-         patterns: Sequence[str] = (), method_patterns: Sequence[str] = ()) -> list[Planned]:
+def plan(
+    profile: Profile,
+    out: Path,
+    *,
+    data_root: str | None,
+    tune: bool = False,
+    patterns: Sequence[str] = (),
+    method_patterns: Sequence[str] = (),
+) -> list[Planned]:
     """Every cell of the profile (tuning: main cells, seed + 1) with its status; ``patterns``
     select cell ids and ``method_patterns`` method labels (glob patterns; empty: all)."""
     available = available_methods()
@@ -111,7 +120,9 @@ def plan(profile: Profile, out: Path, *, data_root: str | None, tune: bool = Fal
             continue
         label, detail = None, ""
         if cell.deletion.kind == "class" and cell.deletion.label is None:
-            label, share = class_major(profile.data_config(cell, data_root=data_root), client=cell.deletion.client, seed=cell.seed)
+            label, share = class_major(
+                profile.data_config(cell, data_root=data_root), client=cell.deletion.client, seed=cell.seed
+            )
             detail = f"class {label} on client {cell.deletion.client} (it holds {100 * share:.0f}% of that class)"
         config = profile.federation_config(cell, out_dir=out / "work" / cell.cell_id, data_root=data_root, label=label)
         methods, overrides = method_plan(profile, cell, available, tune=tune)
@@ -147,7 +158,13 @@ def run_pending(planned: Sequence[Planned], out: Path, *, cpus: int, deadline: f
             shutil.rmtree(out / "work" / p.cell.cell_id, ignore_errors=True)
         clock = {"t": time.monotonic()}
 
-        def finished(index: int, result: dict[str, Any] | None, error: BaseException | None, group: list[Planned] = group) -> None:
+        def finished(
+            index: int,
+            result: dict[str, Any] | None,
+            error: BaseException | None,
+            group: list[Planned] = group,
+            clock: dict[str, float] = clock,
+        ) -> None:
             p, now = group[index], time.monotonic()
             wall, clock["t"] = now - clock["t"], now
             if error is None and result is not None:
@@ -163,17 +180,29 @@ def run_pending(planned: Sequence[Planned], out: Path, *, cpus: int, deadline: f
         def say(text: str) -> None:
             bar.write(f"[bench {time.strftime('%H:%M:%S')}] {text}")
 
-        run_cells([(p.config, p.methods, p.overrides) for p in group if p.config is not None], cpus=cpus, progress=say,
-                  on_result=finished, keep_going=lambda: deadline is None or time.monotonic() < deadline)
+        run_cells(
+            [(p.config, p.methods, p.overrides) for p in group if p.config is not None],
+            cpus=cpus,
+            progress=say,
+            on_result=finished,
+            keep_going=lambda: deadline is None or time.monotonic() < deadline,
+        )
     bar.close()
 
 
 def cell_record(p: Planned, result: dict[str, Any], wall: float) -> dict[str, Any]:
     """What ``OUT/cells/<id>.json`` holds: the cell, its settings and ``evaluate_cell``'s result."""
-    return {"cell_id": p.cell.cell_id, **{k: v for k, v in asdict(p.cell).items() if k != "deletion"},
-            "deletion": asdict(p.cell.deletion), "deletion_detail": p.detail, "methods": p.methods,
-            "method_settings": p.overrides, "wall_seconds": wall, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "result": result}
+    return {
+        "cell_id": p.cell.cell_id,
+        **{k: v for k, v in asdict(p.cell).items() if k != "deletion"},
+        "deletion": asdict(p.cell.deletion),
+        "deletion_detail": p.detail,
+        "methods": p.methods,
+        "method_settings": p.overrides,
+        "wall_seconds": wall,
+        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "result": result,
+    }
 
 
 def environment() -> dict[str, Any]:
@@ -183,29 +212,48 @@ def environment() -> dict[str, Any]:
 
     repo = Path(__file__).resolve().parents[1]
     try:
-        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "-C", str(repo), "status", "--porcelain"], capture_output=True, text=True).stdout)
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(["git", "-C", str(repo), "status", "--porcelain"], capture_output=True, text=True).stdout
+        )
     except (OSError, subprocess.CalledProcessError):
         commit, dirty = "unknown", False
-    return {"python": sys.version.split()[0], "torch": torch.__version__, "flwr": flwr.__version__,
-            "cpu_count": os.cpu_count(), "platform": platform.platform(), "git_commit": commit,
-            "git_dirty": dirty, "load_average": list(os.getloadavg())}
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "flwr": flwr.__version__,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "load_average": list(os.getloadavg()),
+    }
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="fedunlearn bench", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="fedunlearn bench",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--profile", choices=sorted(PROFILES), default="quick", help="grid and settings")
     parser.add_argument("--out", type=Path, default=Path("results/bench"), help="output folder (reused: resumes)")
     parser.add_argument("--cpus", type=int, default=2, help="CPU cores for the simulated clients")
     parser.add_argument("--data-root", default=None, help="data folder (default: $FEDUNLEARN_DATA)")
     parser.add_argument("--cells", nargs="*", default=[], help="only cell ids matching these glob patterns")
     parser.add_argument("--methods", nargs="*", default=[], help="only method labels matching these glob patterns")
-    parser.add_argument("--deadline-minutes", type=float, default=None,
-                        help="start no new cell after this many minutes (finished cells are kept)")
+    parser.add_argument(
+        "--deadline-minutes",
+        type=float,
+        default=None,
+        help="start no new cell after this many minutes (finished cells are kept)",
+    )
     parser.add_argument("--tune", action="store_true", help="run the tuning grid (seed + 1) instead of the profile")
-    parser.add_argument("--keep-state", action="store_true", help="keep client state dirs (histories) of finished cells")
+    parser.add_argument(
+        "--keep-state", action="store_true", help="keep client state dirs (histories) of finished cells"
+    )
     parser.add_argument("--report-only", action="store_true", help="only rewrite results.json, report.md and plots")
     return parser.parse_args(argv)
 
@@ -217,19 +265,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     profile, start = PROFILES[args.profile], time.monotonic()
     deadline = None if args.deadline_minutes is None else start + 60 * args.deadline_minutes
-    planned = plan(profile, args.out, data_root=args.data_root, tune=args.tune, patterns=args.cells,
-                   method_patterns=args.methods)
+    planned = plan(
+        profile, args.out, data_root=args.data_root, tune=args.tune, patterns=args.cells, method_patterns=args.methods
+    )
     for p in planned:
         reason = f" ({p.reason[:120]})" if p.reason else ""
         print(f"[bench] {p.cell.cell_id}: {p.status}{reason} {' '.join(p.methods)}")
     if not args.report_only:
         run_pending(planned, args.out, cpus=args.cpus, deadline=deadline, keep_state=args.keep_state)
-    cells = [json.loads(cell_file(args.out, p.cell.cell_id).read_text()) for p in planned
-             if cell_file(args.out, p.cell.cell_id).exists()]
-    skipped = [{"cell_id": p.cell.cell_id, "status": p.status, "reason": p.reason or "not run (deadline or --cells)"}
-               for p in planned if p.status != "done"]
-    written = write_outputs(profile, cells, skipped, args.out, env=environment(), tune=args.tune,
-                            wall_seconds=time.monotonic() - start)
+    cells = [
+        json.loads(cell_file(args.out, p.cell.cell_id).read_text())
+        for p in planned
+        if cell_file(args.out, p.cell.cell_id).exists()
+    ]
+    skipped = [
+        {"cell_id": p.cell.cell_id, "status": p.status, "reason": p.reason or "not run (deadline or --cells)"}
+        for p in planned
+        if p.status != "done"
+    ]
+    written = write_outputs(
+        profile, cells, skipped, args.out, env=environment(), tune=args.tune, wall_seconds=time.monotonic() - start
+    )
     for path in written:
         print(f"written: {path}")
     print(f"[bench] {len(cells)} cell(s) done, {len(skipped)} not; wall {time.monotonic() - start:.0f} s")

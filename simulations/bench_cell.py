@@ -36,7 +36,9 @@ CellResult = Callable[[int, dict[str, Any] | None, BaseException | None], None]
 CURVE_MAX_RETAIN = 2000
 
 
-def scheduled_truth(config: FederationConfig) -> tuple[IndexedDataset, IndexedDataset, IndexedDataset, dict[str, IndexedDataset]]:
+def scheduled_truth(
+    config: FederationConfig,
+) -> tuple[IndexedDataset, IndexedDataset, IndexedDataset, dict[str, IndexedDataset]]:
     """D_f, D_r, test set and per-request D_f, from the deletion schedule (as RT sees it)."""
     entries = parse_schedule(config.deletion_schedule, num_clients=config.data.num_clients)
     forget_parts, retain_parts, per_request = [], [], {}
@@ -48,18 +50,28 @@ def scheduled_truth(config: FederationConfig) -> tuple[IndexedDataset, IndexedDa
         ids = [site.scheduled_ids(e) for e in mine]
         for entry, entry_ids in zip(mine, ids, strict=True):
             per_request[entry.request_id] = site.dataset.subset_by_ids(entry_ids)
-        excluded = sorted({int(i) for part in ids for i in part})
-        if excluded:
+        excluded = (
+            np.unique(np.concatenate([np.asarray(part, dtype=np.int64) for part in ids]))
+            if ids
+            else np.empty(0, np.int64)
+        )
+        if len(excluded):
             forget_parts.append(site.dataset.subset_by_ids(excluded))
-        kept = site.dataset.without_ids(excluded) if excluded else site.dataset
+        kept = site.dataset.without_ids(excluded) if len(excluded) else site.dataset
         if len(kept):
             retain_parts.append(kept)
     assert test is not None and forget_parts, "the schedule deletes nothing"
     return IndexedDataset.concat(forget_parts), IndexedDataset.concat(retain_parts), test, per_request
 
 
-def run_cell(config: FederationConfig, *, methods: Sequence[str], cpus: int = 2, progress: Progress | None = None,
-             method_overrides: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+def run_cell(
+    config: FederationConfig,
+    *,
+    methods: Sequence[str],
+    cpus: int = 2,
+    progress: Progress | None = None,
+    method_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Run one cell's simulation into ``config.out_dir`` and evaluate every method against RT."""
     results: list[dict[str, Any]] = []
     errors: list[BaseException] = []
@@ -74,9 +86,14 @@ def run_cell(config: FederationConfig, *, methods: Sequence[str], cpus: int = 2,
     return results[0]
 
 
-def run_cells(cells: Sequence[tuple[FederationConfig, Sequence[str], Mapping[str, Mapping[str, Any]]]], *, cpus: int = 2,
-              progress: Progress | None = None, on_result: CellResult | None = None,
-              keep_going: Callable[[], bool] | None = None) -> None:
+def run_cells(
+    cells: Sequence[tuple[FederationConfig, Sequence[str], Mapping[str, Mapping[str, Any]]]],
+    *,
+    cpus: int = 2,
+    progress: Progress | None = None,
+    on_result: CellResult | None = None,
+    keep_going: Callable[[], bool] | None = None,
+) -> None:
     """Run ``(config, method labels, method overrides)`` cells in one simulation, in order.
 
     Every config needs the same ``num_clients`` (one SuperNode per client) and its own
@@ -98,7 +115,9 @@ def run_cells(cells: Sequence[tuple[FederationConfig, Sequence[str], Mapping[str
         result = None
         if error is None:
             try:
-                results = json.loads((Path(config.out_dir or "bench-cell") / "results.json").read_text(encoding="utf-8"))
+                results = json.loads(
+                    (Path(config.out_dir or "bench-cell") / "results.json").read_text(encoding="utf-8")
+                )
                 result = evaluate_cell(config, results, methods)
             except Exception as err:  # noqa: BLE001 (reported to the caller; later cells still run)
                 logger.error("evaluating cell %s failed: %s\n%s", config.out_dir, err, traceback.format_exc(limit=5))
@@ -109,8 +128,7 @@ def run_cells(cells: Sequence[tuple[FederationConfig, Sequence[str], Mapping[str
     plans = [CellPlan(config.to_run_config(), list(methods), dict(overrides)) for config, methods, overrides in cells]
     server_app = make_bench_server_app(cells=plans, progress=progress, on_cell=done, keep_going=keep_going)
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": cpus}}
-    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=sizes.pop(),
-                   backend_config=backend)  # type: ignore[arg-type]
+    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=sizes.pop(), backend_config=backend)  # type: ignore[arg-type]
 
 
 def evaluate_cell(config: FederationConfig, results: dict[str, Any], methods: Sequence[str]) -> dict[str, Any]:
@@ -120,26 +138,48 @@ def evaluate_cell(config: FederationConfig, results: dict[str, Any], methods: Se
     rt_model = load_model(config, out / "models" / "RT.pt")
     backdoor = None
     if config.backdoor.client is not None:
-        backdoor = BackdoorSpec(target_label=config.backdoor.target, pattern=TriggerPattern(size=config.backdoor.trigger_size))
+        backdoor = BackdoorSpec(
+            target_label=config.backdoor.target, pattern=TriggerPattern(size=config.backdoor.trigger_size)
+        )
     events = results["events"]
     retrain = next(e for e in events if e["type"] == "retrain")
     usage = _history_usage(results)
     rows = []
     for name in ["before", *methods, "RT"]:
         model = rt_model if name == "RT" else load_model(config, out / "models" / f"{name}.pt")
-        metrics = evaluate_unlearning(model, forget=forget, retain=retain, test=test, reference_model=rt_model,
-                                      backdoor=backdoor, seed=config.seed).to_dict()
-        row = {"method": name, **metrics, "requests": {rid: accuracy(model, d) for rid, d in per_request.items()},
-               **_cost(name, events, retrain), **usage}
+        metrics = evaluate_unlearning(
+            model,
+            forget=forget,
+            retain=retain,
+            test=test,
+            reference_model=rt_model,
+            backdoor=backdoor,
+            seed=config.seed,
+        ).to_dict()
+        row = {
+            "method": name,
+            **metrics,
+            "requests": {rid: accuracy(model, d) for rid, d in per_request.items()},
+            **_cost(name, events, retrain),
+            **usage,
+        }
         rows.append(row)
     reference = next(r for r in rows if r["method"] == "RT")
     for row in rows:
         row["avg_gap_rt"] = average_gap(row, reference)
     log_bytes = [e["total_bytes"] for e in events if e.get("type") == "federaser-log"]
-    return {"config": config.to_run_config(), "rows": rows, "num_forget": len(forget), "num_retain": len(retain),
-            "curves": training_curves(config, forget, retain), "affected": affected_steps(config),
-            "server_log_bytes": max(log_bytes, default=0),
-            "train_rounds": [{k: r[k] for k in ("round", "test_accuracy", "seconds", "messages")} for r in results["rounds"]]}
+    return {
+        "config": config.to_run_config(),
+        "rows": rows,
+        "num_forget": len(forget),
+        "num_retain": len(retain),
+        "curves": training_curves(config, forget, retain),
+        "affected": affected_steps(config),
+        "server_log_bytes": max(log_bytes, default=0),
+        "train_rounds": [
+            {k: r[k] for k in ("round", "test_accuracy", "seconds", "messages")} for r in results["rounds"]
+        ],
+    }
 
 
 def training_curves(config: FederationConfig, forget: IndexedDataset, retain: IndexedDataset) -> dict[str, Any]:
@@ -164,10 +204,14 @@ def affected_steps(config: FederationConfig) -> dict[str, dict[str, int]]:
     ``{"client-k": {"affected": a, "steps": n}}``.
     """
     report: dict[str, dict[str, int]] = {}
-    for pid in sorted({e.partition_id for e in parse_schedule(config.deletion_schedule, num_clients=config.data.num_clients)}):
+    for pid in sorted(
+        {e.partition_id for e in parse_schedule(config.deletion_schedule, num_clients=config.data.num_clients)}
+    ):
         site = client_site(config, pid)
         ids = np.unique(np.concatenate([site.scheduled_ids(e) for e in site.schedule()]))
-        dirs = [d for d in sorted((site.state_dir / "history").glob("*")) if d.is_dir() and not d.name.endswith("-full")]
+        dirs = [
+            d for d in sorted((site.state_dir / "history").glob("*")) if d.is_dir() and not d.name.endswith("-full")
+        ]
         if not dirs:
             continue
         store = HistoryStore.for_model(dirs[-1], model=site.build_model(), config=config.history)
@@ -180,13 +224,17 @@ def _cost(name: str, events: list[dict[str, Any]], retrain: dict[str, Any]) -> d
     phases = [e for e in events if e.get("type") == "unlearning"]
     methods = [e for e in events if e.get("type") == "method"]
     if name == "RT":
-        return {"unlearn_seconds": retrain["seconds"], "messages": retrain["messages"], "retrain_seconds": retrain["seconds"]}
+        return {
+            "unlearn_seconds": retrain["seconds"],
+            "messages": retrain["messages"],
+            "retrain_seconds": retrain["seconds"],
+        }
     if name == "before":
         return {"unlearn_seconds": 0.0, "messages": 0, "retrain_seconds": retrain["seconds"]}
     # Phases are logged in method order; pick this method's block by the method events' order.
     index = [m["method"] for m in methods].index(name)
     counts = [len(m["outcomes"]) for m in methods]
-    mine = phases[sum(counts[:index]): sum(counts[: index + 1])]
+    mine = phases[sum(counts[:index]) : sum(counts[: index + 1])]
     return {
         "unlearn_seconds": sum(p["seconds"] for p in mine),
         "messages": sum(p["stats"]["messages"] for p in mine),
@@ -204,4 +252,8 @@ def _history_usage(results: dict[str, Any]) -> dict[str, Any]:
     last = {c["partition_id"]: c for r in results["rounds"] for c in r["clients"]}
     dense = sum(c["history_dense_bytes"] for c in last.values())
     disk = sum(c["history_bytes"] for c in last.values())
-    return {"history_bytes_per_client_round": written / max(len(rows), 1), "history_bytes": disk, "dense_history_bytes": dense}
+    return {
+        "history_bytes_per_client_round": written / max(len(rows), 1),
+        "history_bytes": disk,
+        "dense_history_bytes": dense,
+    }

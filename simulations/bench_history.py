@@ -171,10 +171,23 @@ def bench_setting(args: argparse.Namespace, data: IndexedDataset, train: TrainCo
     hooks, hooks_cpu = median(recorded, "hooks_s"), median(recorded, "hooks_cpu_s")
     commit = median(recorded, "commit_s")
     return Row(
-        setting.keep_ratio, setting.value_dtype, row.steps, row.bytes, usage.disk_bytes, row.dense_bytes, row.ratio,
-        wall_p, wall_r, 100.0 * (wall_r - wall_p) / wall_p, 100.0 * (cpu_r - cpu_p) / cpu_p,
-        1e3 * hooks / max(row.steps, 1), commit, 100.0 * (hooks + commit) / wall_p, 100.0 * hooks_cpu / cpu_p,
-        plain, recorded,
+        setting.keep_ratio,
+        setting.value_dtype,
+        row.steps,
+        row.bytes,
+        usage.disk_bytes,
+        row.dense_bytes,
+        row.ratio,
+        wall_p,
+        wall_r,
+        100.0 * (wall_r - wall_p) / wall_p,
+        100.0 * (cpu_r - cpu_p) / cpu_p,
+        1e3 * hooks / max(row.steps, 1),
+        commit,
+        100.0 * (hooks + commit) / wall_p,
+        100.0 * hooks_cpu / cpu_p,
+        plain,
+        recorded,
     )
 
 

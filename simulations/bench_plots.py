@@ -27,8 +27,20 @@ from simulations.plots import amnesiac_colours  # noqa: E402
 Row = dict[str, Any]
 MARKERS = {"sample": "o", "class": "s", "client": "^"}
 #: Colours for methods outside the amnesiac family (none repeats that family's red/green/purple).
-PALETTE = ("tab:blue", "tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "gold", "navy", "magenta",
-           "teal", "lightcoral", "yellowgreen")
+PALETTE = (
+    "tab:blue",
+    "tab:orange",
+    "tab:brown",
+    "tab:pink",
+    "tab:olive",
+    "tab:cyan",
+    "gold",
+    "navy",
+    "magenta",
+    "teal",
+    "lightcoral",
+    "yellowgreen",
+)
 
 
 def method_colours(methods: Sequence[str]) -> dict[str, Any]:
@@ -58,11 +70,26 @@ def plot_forget_retain(cells: Sequence[Row], path: Path) -> Path | None:
         curves, rows = cell["result"]["curves"], cell["result"]["rows"]
         xs, end = curves["round"], curves["round"][-1]
         for key, marker, label in (("FA", "o", "forgotten data"), ("RA", "s", "retained data")):
-            ax.plot(xs, [100 * v for v in curves[f"train_{key}"]], color="black", marker=marker, markersize=4,
-                    fillstyle="full" if key == "FA" else "none", label=f"{label}, training (before unlearning)")
+            ax.plot(
+                xs,
+                [100 * v for v in curves[f"train_{key}"]],
+                color="black",
+                marker=marker,
+                markersize=4,
+                fillstyle="full" if key == "FA" else "none",
+                label=f"{label}, training (before unlearning)",
+            )
             rt = [(x, 100 * v) for x, v in zip(xs, curves[f"RT_{key}"], strict=True) if v is not None]
-            ax.plot(*zip(*rt, strict=True), color="grey", marker=marker, markersize=4, linestyle="--", linewidth=1,
-                    fillstyle="full" if key == "FA" else "none", label=f"{label}, RT (retrained)")
+            ax.plot(
+                *zip(*rt, strict=True),
+                color="grey",
+                marker=marker,
+                markersize=4,
+                linestyle="--",
+                linewidth=1,
+                fillstyle="full" if key == "FA" else "none",
+                label=f"{label}, RT (retrained)",
+            )
         ax.axvline(end, color="grey", linestyle=":", linewidth=1)
         methods = [r for r in rows if r["method"] not in ("before", "RT")]
         for i, r in enumerate(methods):
@@ -73,11 +100,13 @@ def plot_forget_retain(cells: Sequence[Row], path: Path) -> Path | None:
         ax.set_xticks([*xs, end + 1.5], [*map(str, xs), "after\nunlearning"])
         ax.set(title=f"{cell['cell_id']}", xlabel="training round", ylabel="accuracy (%)", ylim=(-3, 103))
         ax.grid(alpha=0.3)
-    for ax in axes.ravel()[len(main):]:
+    for ax in axes.ravel()[len(main) :]:
         ax.set_visible(False)
     handles = {h.get_label(): h for ax in axes.ravel() for h in ax.get_legend_handles_labels()[0]}
     fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=6, fontsize=8, frameon=False)
-    fig.suptitle("Accuracy on forgotten (o) vs retained (□) data: training rounds, RT, and each method after unlearning")
+    fig.suptitle(
+        "Accuracy on forgotten (o) vs retained (□) data: training rounds, RT, and each method after unlearning"
+    )
     fig.tight_layout(rect=(0, 0.9 / fig.get_figheight(), 1, 1))
     return _save(fig, path)
 
@@ -99,8 +128,11 @@ def plot_affected_batches(rows: Sequence[Row], path: Path) -> Path | None:
                 style = {"before": ":", "RT": "--"}.get(method, "-")
                 if pts:
                     ax.plot(*zip(*pts, strict=True), marker="o", linestyle=style, color=colours[method], label=method)
-            ax.set(title=f"{dataset} / {model}: accuracy on {what}", xlabel="affected steps (% of the client's stored steps)",
-                   ylabel="accuracy (%)")
+            ax.set(
+                title=f"{dataset} / {model}: accuracy on {what}",
+                xlabel="affected steps (% of the client's stored steps)",
+                ylabel="accuracy (%)",
+            )
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
     fig.suptitle("Efficacy vs % of affected batches (sample deletions of growing size on one client)")
@@ -110,7 +142,9 @@ def plot_affected_batches(rows: Sequence[Row], path: Path) -> Path | None:
 
 def plot_cost_vs_gap(rows: Sequence[Row], path: Path) -> Path | None:
     """Time (% of RT) and storage (% of dense) against Avg.D to RT, per method and deletion kind."""
-    points = [r for r in rows if r["method"] not in ("before", "RT") and r["role"] == "main" and not r["deferred_reasons"]]
+    points = [
+        r for r in rows if r["method"] not in ("before", "RT") and r["role"] == "main" and not r["deferred_reasons"]
+    ]
     if not points:
         return None
     colours = method_colours([r["method"] for r in points])
@@ -141,7 +175,9 @@ def plot_cost_vs_gap(rows: Sequence[Row], path: Path) -> Path | None:
 
 def write_plots(cells: Sequence[Row], rows: Sequence[Row], out: Path) -> list[Path]:
     """Every figure the finished cells support (written into ``out``)."""
-    written = [plot_forget_retain(cells, out / "fig_forget_retain.png"),
-               plot_affected_batches(rows, out / "fig_affected_batches.png"),
-               plot_cost_vs_gap(rows, out / "fig_cost_vs_gap.png")]
+    written = [
+        plot_forget_retain(cells, out / "fig_forget_retain.png"),
+        plot_affected_batches(rows, out / "fig_affected_batches.png"),
+        plot_cost_vs_gap(rows, out / "fig_cost_vs_gap.png"),
+    ]
     return [p for p in written if p is not None]

@@ -32,8 +32,15 @@ DeletionKind = Literal["sample", "class", "client"]
 
 #: Methods of every cell, in serving order (``pga`` and ``federaser`` only when registered).
 CLIENT_METHODS: tuple[str, ...] = (
-    "partial_amnesiac", "partial_label_flip", "partial_gradient_ascent",
-    "amnesiac", "label_flip", "gradient_ascent", "sfr_on", "finetune", "pga",
+    "partial_amnesiac",
+    "partial_label_flip",
+    "partial_gradient_ascent",
+    "amnesiac",
+    "label_flip",
+    "gradient_ascent",
+    "sfr_on",
+    "finetune",
+    "pga",
 )
 #: Server-side phases, for client-level deletion only (FedEraser removes whole clients).
 CLIENT_LEVEL_METHODS: tuple[str, ...] = ("federaser",)
@@ -92,6 +99,7 @@ class Cell:
 
     @property
     def cell_id(self) -> str:
+        """``<dataset>-<model>-<partition>-<deletion tag>-s<seed>``: the cell's file name."""
         return f"{self.dataset}-{self.model}-{self.partition}-{self.deletion.tag}-s{self.seed}"
 
 
@@ -128,26 +136,53 @@ class Profile:
     def cells(self, *, seed: int | None = None) -> list[Cell]:
         """Every cell in run order: the grid (dataset, model, partition, deletion), then the sweep."""
         s = self.seed if seed is None else seed
-        grid = [Cell(d, m, p, x, s) for d in self.datasets for m in self.models for p in self.partitions
-                for x in self.deletions]
+        grid = [
+            Cell(d, m, p, x, s)
+            for d in self.datasets
+            for m in self.models
+            for p in self.partitions
+            for x in self.deletions
+        ]
         sweep = [Cell(self.datasets[0], self.models[0], "iid", x, s, "sweep") for x in self.sweep]
         return grid + sweep
 
     def data_config(self, cell: Cell, *, data_root: str | None) -> DataConfig:
-        return DataConfig(dataset=cell.dataset, root=data_root, num_clients=self.num_clients, partition=cell.partition,  # type: ignore[arg-type]
-                          dirichlet_alpha=self.dirichlet_alpha, samples_per_client=self.samples_per_client,
-                          test_samples=self.test_samples)
+        """The cell's data and partition settings."""
+        return DataConfig(
+            dataset=cell.dataset,
+            root=data_root,
+            num_clients=self.num_clients,
+            partition=cell.partition,  # type: ignore[arg-type]
+            dirichlet_alpha=self.dirichlet_alpha,
+            samples_per_client=self.samples_per_client,
+            test_samples=self.test_samples,
+        )
 
-    def federation_config(self, cell: Cell, *, out_dir: Path, data_root: str | None, label: int | None = None) -> FederationConfig:
+    def federation_config(
+        self, cell: Cell, *, out_dir: Path, data_root: str | None, label: int | None = None
+    ) -> FederationConfig:
         """The cell's federation (``label``: the resolved class of a ``class-major`` deletion)."""
         data = self.data_config(cell, data_root=data_root)
         run_config: dict[str, Any] = {
-            "dataset": cell.dataset, "num-clients": self.num_clients, "partition": cell.partition,
-            "dirichlet-alpha": self.dirichlet_alpha, "num-server-rounds": self.rounds, "seed": cell.seed,
-            "model": cell.model, "batch-size": self.batch_size, "lr": self.lr, "momentum": self.momentum,
-            "local-epochs": self.local_epochs, "keep-ratio": self.keep_ratio, "history-dtype": self.history_dtype,
-            "history-record-full": True, "client-threads": 1, "out-dir": str(out_dir), "state-root": str(out_dir / "state"),
-            "deletion-schedule": cell.deletion.schedule(last_round=self.rounds, label=label), **dict(self.unlearn),
+            "dataset": cell.dataset,
+            "num-clients": self.num_clients,
+            "partition": cell.partition,
+            "dirichlet-alpha": self.dirichlet_alpha,
+            "num-server-rounds": self.rounds,
+            "seed": cell.seed,
+            "model": cell.model,
+            "batch-size": self.batch_size,
+            "lr": self.lr,
+            "momentum": self.momentum,
+            "local-epochs": self.local_epochs,
+            "keep-ratio": self.keep_ratio,
+            "history-dtype": self.history_dtype,
+            "history-record-full": True,
+            "client-threads": 1,
+            "out-dir": str(out_dir),
+            "state-root": str(out_dir / "state"),
+            "deletion-schedule": cell.deletion.schedule(last_round=self.rounds, label=label),
+            **dict(self.unlearn),
         }
         if data.root is not None:
             run_config["data-root"] = data.root
@@ -169,8 +204,12 @@ def class_major(data: DataConfig, *, client: int, seed: int) -> tuple[int, float
     from fedunlearn.data import build_federated_data
 
     federated = build_federated_data(data, seed=seed)
-    counts = np.stack([np.bincount(federated.client_train(k).labels.numpy(), minlength=federated.num_classes)
-                       for k in range(data.num_clients)])
+    counts = np.stack(
+        [
+            np.bincount(federated.client_train(k).labels.numpy(), minlength=federated.num_classes)
+            for k in range(data.num_clients)
+        ]
+    )
     return largest_share(counts, client=client)
 
 
@@ -184,9 +223,16 @@ def largest_share(counts: np.ndarray, *, client: int, min_count: int = 20) -> tu
     return label, float(share[label])
 
 
-def _v(outer: int, remain: int, *, epochs: int | None = None, lr: float | None = None, **more: Any) -> dict[str, Any]:
+def _v(
+    outer: int,
+    remain: int,
+    extra: Mapping[str, Any] | None = None,
+    *,
+    epochs: int | None = None,
+    lr: float | None = None,
+) -> dict[str, Any]:
     """A tuning variant: outer steps I, remain steps K per outer step, and method knobs."""
-    variant: dict[str, Any] = {"unlearn-outer-steps": outer, "unlearn-remain-steps": remain, **more}
+    variant: dict[str, Any] = {"unlearn-outer-steps": outer, "unlearn-remain-steps": remain, **(extra or {})}
     variant.update({k: v for k, v in (("unlearn-epochs", epochs), ("unlearn-lr", lr)) if v is not None})
     return variant
 
@@ -195,29 +241,52 @@ def _v(outer: int, remain: int, *, epochs: int | None = None, lr: float | None =
 #: (lowest mean Avg.D to RT over the tuning cells) are copied into ``QUICK.method_settings``.
 TUNING_GRID: Mapping[str, tuple[Mapping[str, Any], ...]] = {
     "partial_amnesiac": (_v(1, 0), _v(1, 2), _v(1, 5), _v(3, 5)),
-    "amnesiac": (_v(1, 0), _v(1, 5), _v(3, 5), _v(1, 5, **{"unlearn-finetune-epochs": 1})),
+    "amnesiac": (_v(1, 0), _v(1, 5), _v(3, 5), _v(1, 5, {"unlearn-finetune-epochs": 1})),
     "partial_label_flip": (_v(1, 0, epochs=1), _v(1, 5, epochs=1), _v(1, 5, epochs=5), _v(3, 5, epochs=5)),
     "label_flip": (_v(1, 0, epochs=1), _v(1, 5, epochs=1), _v(3, 5, epochs=5)),
     # Ascent diverged (NaN) on the client-level cell in all first-round variants: @4-@6 were
     # added in a second round (run with --methods '*gradient_ascent@[456]').
-    "partial_gradient_ascent": (_v(1, 0, epochs=1), _v(1, 5, epochs=1), _v(1, 5, epochs=5, lr=0.001),
-                                _v(3, 5, epochs=5), _v(1, 5, epochs=1, lr=0.001),
-                                _v(1, 5, lr=0.01, **{"unlearn-max-steps": 5}), _v(3, 5, epochs=1, lr=0.001)),
+    "partial_gradient_ascent": (
+        _v(1, 0, epochs=1),
+        _v(1, 5, epochs=1),
+        _v(1, 5, epochs=5, lr=0.001),
+        _v(3, 5, epochs=5),
+        _v(1, 5, epochs=1, lr=0.001),
+        _v(1, 5, {"unlearn-max-steps": 5}, lr=0.01),
+        _v(3, 5, epochs=1, lr=0.001),
+    ),
     # (gradient_ascent@3 mirrors partial_gradient_ascent@3 and was not run.)
-    "gradient_ascent": (_v(1, 0, epochs=1), _v(1, 5, epochs=1), _v(1, 5, epochs=5, lr=0.001), _v(3, 5, epochs=5),
-                        _v(1, 5, epochs=1, lr=0.001), _v(1, 5, lr=0.01, **{"unlearn-max-steps": 5}),
-                        _v(3, 5, epochs=1, lr=0.001)),
-    "sfr_on": (_v(3, 5, **{"sfr-iters": 30, "sfr-forget-scale": 5.0}), _v(3, 5, **{"sfr-iters": 30, "sfr-forget-scale": 1.0}),
-               _v(3, 5, **{"sfr-iters": 150, "sfr-forget-scale": 1.0}), _v(3, 5, **{"sfr-iters": 150, "sfr-forget-scale": 25.0})),
+    "gradient_ascent": (
+        _v(1, 0, epochs=1),
+        _v(1, 5, epochs=1),
+        _v(1, 5, epochs=5, lr=0.001),
+        _v(3, 5, epochs=5),
+        _v(1, 5, epochs=1, lr=0.001),
+        _v(1, 5, {"unlearn-max-steps": 5}, lr=0.01),
+        _v(3, 5, epochs=1, lr=0.001),
+    ),
+    "sfr_on": (
+        _v(3, 5, {"sfr-iters": 30, "sfr-forget-scale": 5.0}),
+        _v(3, 5, {"sfr-iters": 30, "sfr-forget-scale": 1.0}),
+        _v(3, 5, {"sfr-iters": 150, "sfr-forget-scale": 1.0}),
+        _v(3, 5, {"sfr-iters": 150, "sfr-forget-scale": 25.0}),
+    ),
     "finetune": (_v(1, 0, epochs=1), _v(1, 5, epochs=1), _v(3, 5, epochs=1)),
     "pga": (_v(1, 5, epochs=1), _v(1, 5, epochs=5), _v(3, 5, epochs=5)),
 }
 
 QUICK = Profile(
-    name="quick", datasets=("mnist",), models=("lenet",), partitions=("iid",),
+    name="quick",
+    datasets=("mnist",),
+    models=("lenet",),
+    partitions=("iid",),
     deletions=(Deletion("sample", 1, amount=0.1), Deletion("class", 2), Deletion("client", 4)),
     sweep=(Deletion("sample", 1, amount=2), Deletion("sample", 1, amount=8), Deletion("sample", 1, amount=32)),
-    num_clients=5, rounds=5, samples_per_client=800, test_samples=1000, batch_size=32,
+    num_clients=5,
+    rounds=5,
+    samples_per_client=800,
+    test_samples=1000,
+    batch_size=32,
     unlearn={"unlearn-batch-size": 32},
     # Tuned with --tune (results/bench-tune*/tuning.md): per method the TUNING_GRID variant served
     # in every tuning cell with the lowest mean Avg.D to RT. Values equal to UnlearnConfig's
@@ -229,16 +298,23 @@ QUICK = Profile(
         "label_flip": _v(3, 5, epochs=5),  # @2 (the defaults)
         "partial_gradient_ascent": _v(1, 5, epochs=1, lr=0.001),  # @4
         "gradient_ascent": _v(1, 5, epochs=1, lr=0.001),  # @4
-        "sfr_on": _v(3, 5, **{"sfr-iters": 30, "sfr-forget-scale": 5.0}),  # @0
+        "sfr_on": _v(3, 5, {"sfr-iters": 30, "sfr-forget-scale": 5.0}),  # @0
         "finetune": _v(3, 5, epochs=1),  # @2
         "pga": _v(1, 5, epochs=1),  # @0
     },
 )
 
 FULL = dataclasses.replace(
-    QUICK, name="full", datasets=("mnist", "organamnist"), models=("lenet", "mlp", "convnet"), partitions=("iid", "dirichlet"),
+    QUICK,
+    name="full",
+    datasets=("mnist", "organamnist"),
+    models=("lenet", "mlp", "convnet"),
+    partitions=("iid", "dirichlet"),
     sweep=(Deletion("sample", 1, amount=4), Deletion("sample", 1, amount=32), Deletion("sample", 1, amount=256)),
-    samples_per_client=None, test_samples=None, batch_size=64, unlearn={"unlearn-batch-size": 64},
+    samples_per_client=None,
+    test_samples=None,
+    batch_size=64,
+    unlearn={"unlearn-batch-size": 64},
 )
 
 PROFILES: Mapping[str, Profile] = {"quick": QUICK, "full": FULL}

@@ -17,8 +17,20 @@ from fedunlearn.atomic import write_bytes_atomic, write_json_atomic
 from simulations.bench_profiles import FEDUNLEARN_METHODS, Profile
 
 Row = dict[str, Any]
-RUN_KEYS = ("FA", "RA", "TA", "MIA", "mia_entropy", "avg_gap_rt", "kl_rt_forget", "kl_rt_test", "backdoor_asr",
-            "unlearn_seconds", "retrain_seconds", "messages")
+RUN_KEYS = (
+    "FA",
+    "RA",
+    "TA",
+    "MIA",
+    "mia_entropy",
+    "avg_gap_rt",
+    "kl_rt_forget",
+    "kl_rt_test",
+    "backdoor_asr",
+    "unlearn_seconds",
+    "retrain_seconds",
+    "messages",
+)
 #: The issue's targets: Avg.D (points), time (fraction of RT), history (fraction of dense), FA/RA/TA gaps (points).
 TARGETS = {"avg_gap": 1.5, "time_fraction": 0.01, "history_fraction": 0.05, "accuracy_gap": 2.0}
 
@@ -49,17 +61,31 @@ def runs_of(cell: Row) -> list[Row]:
     affected = affected_fraction(result)
     for row in result["rows"]:
         stored = storage_bytes(row["method"], result, row) if row["method"] not in ("before", "RT") else 0
-        rows.append({
-            "cell": cell["cell_id"], "dataset": cell["dataset"], "model": cell["model"], "partition": cell["partition"],
-            "deletion": cell["deletion"]["kind"], "deletion_detail": cell["deletion_detail"], "role": cell["role"],
-            "method": row["method"], "seed": cell["seed"], **{k: row.get(k) for k in RUN_KEYS},
-            "history_bytes": stored, "dense_history_bytes": int(row["dense_history_bytes"]),
-            "time_fraction_rt": row["unlearn_seconds"] / row["retrain_seconds"] if row["retrain_seconds"] else None,
-            "history_fraction": stored / row["dense_history_bytes"] if row["dense_history_bytes"] else None,
-            "affected_fraction": affected, "num_forget": result["num_forget"],
-            "pruned_history_fraction": row["history_bytes"] / row["dense_history_bytes"] if row["dense_history_bytes"] else None,
-            "served": row.get("served"), "deferred_reasons": row.get("deferred_reasons") or [],
-        })
+        rows.append(
+            {
+                "cell": cell["cell_id"],
+                "dataset": cell["dataset"],
+                "model": cell["model"],
+                "partition": cell["partition"],
+                "deletion": cell["deletion"]["kind"],
+                "deletion_detail": cell["deletion_detail"],
+                "role": cell["role"],
+                "method": row["method"],
+                "seed": cell["seed"],
+                **{k: row.get(k) for k in RUN_KEYS},
+                "history_bytes": stored,
+                "dense_history_bytes": int(row["dense_history_bytes"]),
+                "time_fraction_rt": row["unlearn_seconds"] / row["retrain_seconds"] if row["retrain_seconds"] else None,
+                "history_fraction": stored / row["dense_history_bytes"] if row["dense_history_bytes"] else None,
+                "affected_fraction": affected,
+                "num_forget": result["num_forget"],
+                "pruned_history_fraction": row["history_bytes"] / row["dense_history_bytes"]
+                if row["dense_history_bytes"]
+                else None,
+                "served": row.get("served"),
+                "deferred_reasons": row.get("deferred_reasons") or [],
+            }
+        )
     return rows
 
 
@@ -76,20 +102,30 @@ def headline(rows: Sequence[Row]) -> list[Row]:
         top = min(ours, key=lambda r: r["avg_gap_rt"])
         gaps = {k: 100 * abs(top[k] - rt[k]) for k in ("FA", "RA", "TA")}
         cell_storage = rt["pruned_history_fraction"] or 0.0  # what every client recorded (keep ratio, dtype)
-        best.append({"cell": cell, "method": top["method"], "avg_gap_rt": top["avg_gap_rt"],
-                     "time_fraction_rt": top["time_fraction_rt"], "history_fraction": cell_storage,
-                     **{f"{k}_gap": v for k, v in gaps.items()},
-                     "asr": top["backdoor_asr"], "asr_rt": rt["backdoor_asr"], "asr_before": next(
-                         r["backdoor_asr"] for r in mine if r["method"] == "before")})
+        best.append(
+            {
+                "cell": cell,
+                "method": top["method"],
+                "avg_gap_rt": top["avg_gap_rt"],
+                "time_fraction_rt": top["time_fraction_rt"],
+                "history_fraction": cell_storage,
+                **{f"{k}_gap": v for k, v in gaps.items()},
+                "asr": top["backdoor_asr"],
+                "asr_rt": rt["backdoor_asr"],
+                "asr_before": next(r["backdoor_asr"] for r in mine if r["method"] == "before"),
+            }
+        )
     return best
 
 
 def targets_met(h: Row) -> dict[str, bool]:
     """Which of the issue's targets one headline row meets."""
-    return {"Avg.D <= 1.5": h["avg_gap_rt"] <= TARGETS["avg_gap"],
-            "time <= 1% RT": (h["time_fraction_rt"] or math.inf) <= TARGETS["time_fraction"],
-            "history <= 5% dense": h["history_fraction"] <= TARGETS["history_fraction"],
-            "FA/RA/TA within 2": max(h["FA_gap"], h["RA_gap"], h["TA_gap"]) <= TARGETS["accuracy_gap"]}
+    return {
+        "Avg.D <= 1.5": h["avg_gap_rt"] <= TARGETS["avg_gap"],
+        "time <= 1% RT": (h["time_fraction_rt"] or math.inf) <= TARGETS["time_fraction"],
+        "history <= 5% dense": h["history_fraction"] <= TARGETS["history_fraction"],
+        "FA/RA/TA within 2": max(h["FA_gap"], h["RA_gap"], h["TA_gap"]) <= TARGETS["accuracy_gap"],
+    }
 
 
 def _pct(value: Any, digits: int = 1) -> str:
@@ -107,8 +143,11 @@ COLUMNS: tuple[Column, ...] = (
     ("RA %", lambda r: _pct(r["RA"]), lambda r, rt: abs(r["RA"] - rt["RA"])),
     ("TA %", lambda r: _pct(r["TA"]), lambda r, rt: abs(r["TA"] - rt["TA"])),
     ("MIA %", lambda r: _pct(r["MIA"]), lambda r, rt: abs(r["MIA"] - rt["MIA"])),
-    ("ASR %", lambda r: _pct(r["backdoor_asr"]),
-     lambda r, rt: abs(r["backdoor_asr"] - rt["backdoor_asr"]) if r["backdoor_asr"] is not None else math.nan),
+    (
+        "ASR %",
+        lambda r: _pct(r["backdoor_asr"]),
+        lambda r, rt: abs(r["backdoor_asr"] - rt["backdoor_asr"]) if r["backdoor_asr"] is not None else math.nan,
+    ),
     ("Avg.D", lambda r: _num(r["avg_gap_rt"]), lambda r, rt: r["avg_gap_rt"]),
     ("KL f", lambda r: _num(r["kl_rt_forget"], 3), lambda r, rt: r["kl_rt_forget"]),
     ("KL test", lambda r: _num(r["kl_rt_test"], 3), lambda r, rt: r["kl_rt_test"]),
@@ -135,7 +174,8 @@ def cell_table(rows: Sequence[Row]) -> list[str]:
         for header, show, score in COLUMNS:
             text = show(r)
             value = score(r, rt) if score and r in served else None
-            bold = value is not None and best[header] is not None and not math.isnan(value) and value <= best[header] + 1e-12
+            top = best[header]
+            bold = value is not None and top is not None and not math.isnan(value) and value <= top + 1e-12
             cells.append(f"**{text}**" if bold else text)
         note = " (deferred)" if r["deferred_reasons"] else ""
         lines.append(f"| {r['method']}{note} | " + " | ".join(cells) + " |")
@@ -144,10 +184,18 @@ def cell_table(rows: Sequence[Row]) -> list[str]:
 
 def settings_lines(profile: Profile) -> list[str]:
     """The profile's shared settings and the tuned per-method values."""
-    shared = {k: v for k, v in dataclasses.asdict(profile).items() if k not in ("method_settings", "deletions", "sweep")}
-    lines = ["## Settings", "", f"Profile `{profile.name}`: " + ", ".join(f"{k}={v}" for k, v in shared.items()), "",
-             "Per-method unlearning settings (tuned on the quick cells with seed + 1, see `--tune`; "
-             "unlisted keys keep the `UnlearnConfig` defaults):", ""]
+    shared = {
+        k: v for k, v in dataclasses.asdict(profile).items() if k not in ("method_settings", "deletions", "sweep")
+    }
+    lines = [
+        "## Settings",
+        "",
+        f"Profile `{profile.name}`: " + ", ".join(f"{k}={v}" for k, v in shared.items()),
+        "",
+        "Per-method unlearning settings (tuned on the quick cells with seed + 1, see `--tune`; "
+        "unlisted keys keep the `UnlearnConfig` defaults):",
+        "",
+    ]
     lines += [f"- `{m}`: " + ", ".join(f"{k}={v}" for k, v in s.items()) for m, s in profile.method_settings.items()]
     return lines + [""]
 
@@ -155,66 +203,103 @@ def settings_lines(profile: Profile) -> list[str]:
 def summary_lines(rows: Sequence[Row]) -> list[str]:
     """Headline table (best fedunlearn method per main cell), targets met, and plain facts."""
     best = headline(rows)
-    lines = ["## Headline: best fedunlearn method per cell (lowest Avg.D to RT)", "",
-             "| cell | method | Avg.D | time / RT | history / dense | FA gap | RA gap | TA gap | ASR before → after (RT) | targets met |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Headline: best fedunlearn method per cell (lowest Avg.D to RT)",
+        "",
+        "| cell | method | Avg.D | time / RT | history / dense | FA gap | RA gap | TA gap "
+        "| ASR before → after (RT) | targets met |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for h in best:
         met = targets_met(h)
         asr = f"{_pct(h['asr_before'])} → {_pct(h['asr'])} ({_pct(h['asr_rt'])})" if h["asr"] is not None else "–"
-        lines.append(f"| {h['cell']} | {h['method']} | {h['avg_gap_rt']:.2f} | {_pct(h['time_fraction_rt'], 2)}% "
-                     f"| {_pct(h['history_fraction'], 2)}% | {h['FA_gap']:.1f} | {h['RA_gap']:.1f} | {h['TA_gap']:.1f} "
-                     f"| {asr} | {sum(met.values())}/4 |")
+        lines.append(
+            f"| {h['cell']} | {h['method']} | {h['avg_gap_rt']:.2f} | {_pct(h['time_fraction_rt'], 2)}% "
+            f"| {_pct(h['history_fraction'], 2)}% | {h['FA_gap']:.1f} | {h['RA_gap']:.1f} | {h['TA_gap']:.1f} "
+            f"| {asr} | {sum(met.values())}/4 |"
+        )
     lines += ["", "Targets (per cell, best fedunlearn method):", ""]
     for target in ("Avg.D <= 1.5", "time <= 1% RT", "history <= 5% dense", "FA/RA/TA within 2"):
         hits = [h["cell"] for h in best if targets_met(h)[target]]
-        lines.append(f"- {target}: met in {len(hits)} of {len(best)} cells" + (f" ({', '.join(hits)})" if hits and len(hits) < len(best) else ""))
+        lines.append(
+            f"- {target}: met in {len(hits)} of {len(best)} cells"
+            + (f" ({', '.join(hits)})" if hits and len(hits) < len(best) else "")
+        )
     methods = [r for r in rows if r["method"] not in ("before", "RT") and r["role"] == "main"]
     if methods:
         fastest = min(r["time_fraction_rt"] or math.inf for r in methods)
-        lines += ["", f"Fastest phase of any method: {_pct(fastest, 2)}% of RT's wall time. A phase is at least a few "
-                  "Flower round trips (forget, slow step, verify, commit) with per-message client start-up, while RT "
-                  "is only as long as the profile's few training rounds: the time target depends on how long the "
-                  "federation trained, not only on the method."]
+        lines += [
+            "",
+            f"Fastest phase of any method: {_pct(fastest, 2)}% of RT's wall time. A phase is at least a few "
+            "Flower round trips (forget, slow step, verify, commit) with per-message client start-up, while RT "
+            "is only as long as the profile's few training rounds: the time target depends on how long the "
+            "federation trained, not only on the method.",
+        ]
         lines += ["", *mia_lines(rows)]
     return lines + [""]
 
 
 def mia_lines(rows: Sequence[Row]) -> list[str]:
     """How much MIA-efficacy moves within each main cell, next to RT's train-test gap."""
-    lines = ["MIA-efficacy per cell (RT's value; range over the served methods; RT's RA − TA, the overfitting the "
-             "attack can exploit):", ""]
+    lines = [
+        "MIA-efficacy per cell (RT's value; range over the served methods; RT's RA − TA, the overfitting the "
+        "attack can exploit):",
+        "",
+    ]
     for cell in dict.fromkeys(r["cell"] for r in rows if r["role"] == "main"):
         mine = [r for r in rows if r["cell"] == cell]
         rt = next(r for r in mine if r["method"] == "RT")
         served = [r["MIA"] for r in mine if r["method"] not in ("before", "RT") and not r["deferred_reasons"]]
         if served:
-            lines.append(f"- {cell}: RT {_pct(rt['MIA'])}%, methods {_pct(min(served))}–{_pct(max(served))}%, "
-                         f"RT's RA − TA = {100 * (rt['RA'] - rt['TA']):.1f} points")
-    return lines + ["", "When RA − TA is small the attack (an SVC on confidence, trained on D_r vs the test set) has "
-                    "little signal, so where D_f falls relative to its boundary can swing with small model changes; "
-                    "Avg.D averages that MIA gap with the FA/RA/TA gaps."]
+            lines.append(
+                f"- {cell}: RT {_pct(rt['MIA'])}%, methods {_pct(min(served))}–{_pct(max(served))}%, "
+                f"RT's RA − TA = {100 * (rt['RA'] - rt['TA']):.1f} points"
+            )
+    return lines + [
+        "",
+        "When RA − TA is small the attack (an SVC on confidence, trained on D_r vs the test set) has "
+        "little signal, so where D_f falls relative to its boundary can swing with small model changes; "
+        "Avg.D averages that MIA gap with the FA/RA/TA gaps.",
+    ]
 
 
-def report_markdown(profile: Profile, cells: Sequence[Row], rows: Sequence[Row], skipped: Sequence[Row], *,
-                    env: Row, wall_seconds: float) -> str:
+def report_markdown(
+    profile: Profile,
+    cells: Sequence[Row],
+    rows: Sequence[Row],
+    skipped: Sequence[Row],
+    *,
+    env: Row,
+    wall_seconds: float,
+) -> str:
     """The whole report.md."""
-    lines = [f"# fedunlearn benchmark — profile `{profile.name}`", "",
-             f"{len(cells)} cell(s) finished, {len(skipped)} not run; this invocation took {wall_seconds:.0f} s "
-             f"(cells' own wall times: {sum(c['wall_seconds'] for c in cells):.0f} s in total). Machine: "
-             f"{env['cpu_count']} CPU(s), load average {', '.join(f'{x:.1f}' for x in env['load_average'])} "
-             f"(shared machine); python {env['python']}, torch {env['torch']}, flwr {env['flwr']}, "
-             f"commit {env['git_commit'][:10]}{' (dirty)' if env['git_dirty'] else ''}.", "",
-             "Accuracies and MIA in %, Avg.D in percentage points, KL to RT in nats. Bold: best per column among "
-             "the methods (closest to RT for FA/RA/TA/MIA/ASR, smallest for Avg.D, KL and time). Storage: bytes a "
-             "method must keep (partial amnesiac: the pruned client histories; amnesiac: dense ones; FedEraser: the "
-             "server's update log; other methods: none) over dense amnesiac storage.", ""]
+    lines = [
+        f"# fedunlearn benchmark — profile `{profile.name}`",
+        "",
+        f"{len(cells)} cell(s) finished, {len(skipped)} not run; this invocation took {wall_seconds:.0f} s "
+        f"(cells' own wall times: {sum(c['wall_seconds'] for c in cells):.0f} s in total). Machine: "
+        f"{env['cpu_count']} CPU(s), load average {', '.join(f'{x:.1f}' for x in env['load_average'])} "
+        f"(shared machine); python {env['python']}, torch {env['torch']}, flwr {env['flwr']}, "
+        f"commit {env['git_commit'][:10]}{' (dirty)' if env['git_dirty'] else ''}.",
+        "",
+        "Accuracies and MIA in %, Avg.D in percentage points, KL to RT in nats. Bold: best per column among "
+        "the methods (closest to RT for FA/RA/TA/MIA/ASR, smallest for Avg.D, KL and time). Storage: bytes a "
+        "method must keep (partial amnesiac: the pruned client histories; amnesiac: dense ones; FedEraser: the "
+        "server's update log; other methods: none) over dense amnesiac storage.",
+        "",
+    ]
     lines += summary_lines(rows) + settings_lines(profile)
     for cell in cells:
         mine = [r for r in rows if r["cell"] == cell["cell_id"]]
         frac = mine[0]["affected_fraction"] if mine else None
-        lines += [f"## {cell['cell_id']}", "", f"{cell['dataset']} / {cell['model']} / {cell['partition']}; deletion: "
-                  f"{cell['deletion_detail']} ({mine[0]['num_forget']} samples; {_pct(frac)}% of the client's stored "
-                  f"steps affected); cell wall time {cell['wall_seconds']:.0f} s.", ""]
+        lines += [
+            f"## {cell['cell_id']}",
+            "",
+            f"{cell['dataset']} / {cell['model']} / {cell['partition']}; deletion: "
+            f"{cell['deletion_detail']} ({mine[0]['num_forget']} samples; {_pct(frac)}% of the client's stored "
+            f"steps affected); cell wall time {cell['wall_seconds']:.0f} s.",
+            "",
+        ]
         lines += cell_table(mine)
         deferred = [f"- {r['method']}: {'; '.join(r['deferred_reasons'])}" for r in mine if r["deferred_reasons"]]
         lines += (["", "Deferred (request not served, model unchanged):", *deferred] if deferred else []) + [""]
@@ -228,11 +313,17 @@ def tuning_markdown(rows: Sequence[Row]) -> str:
     method's best variant (lowest mean Avg.D) first and marked."""
     from simulations.bench_profiles import TUNING_GRID
 
-    lines = ["# Tuning (quick cells, seed + 1)", "", "Per method, the variant served in the most cells and, among "
-             "those, with the lowest mean Avg.D to RT over the tuning cells is marked ✓ (a deferred request leaves the "
-             "model as it was, so its Avg.D is that of doing nothing).", "",
-             "| variant | settings | cells | mean Avg.D | mean FA gap | mean RA gap | mean TA gap | mean time s | "
-             "mean time % RT | deferred |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Tuning (quick cells, seed + 1)",
+        "",
+        "Per method, the variant served in the most cells and, among "
+        "those, with the lowest mean Avg.D to RT over the tuning cells is marked ✓ (a deferred request leaves the "
+        "model as it was, so its Avg.D is that of doing nothing).",
+        "",
+        "| variant | settings | cells | mean Avg.D | mean FA gap | mean RA gap | mean TA gap | mean time s | "
+        "mean time % RT | deferred |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     rt = {r["cell"]: r for r in rows if r["method"] == "RT"}
     stats = []
     for variant in sorted({r["method"] for r in rows if "@" in r["method"]}):
@@ -240,29 +331,55 @@ def tuning_markdown(rows: Sequence[Row]) -> str:
         name, index = variant.split("@")
         gap = {k: sum(100 * abs(r[k] - rt[r["cell"]][k]) for r in mine) / len(mine) for k in ("FA", "RA", "TA")}
         settings = TUNING_GRID.get(name, ({},))[int(index)] if int(index) < len(TUNING_GRID.get(name, ({},))) else {}
-        stats.append((name, sum(r["avg_gap_rt"] for r in mine) / len(mine), variant, settings, len(mine), gap,
-                      sum(r["unlearn_seconds"] for r in mine) / len(mine),
-                      sum(r["time_fraction_rt"] or 0 for r in mine) / len(mine), sum(bool(r["deferred_reasons"]) for r in mine)))
+        stats.append(
+            (
+                name,
+                sum(r["avg_gap_rt"] for r in mine) / len(mine),
+                variant,
+                settings,
+                len(mine),
+                gap,
+                sum(r["unlearn_seconds"] for r in mine) / len(mine),
+                sum(r["time_fraction_rt"] or 0 for r in mine) / len(mine),
+                sum(bool(r["deferred_reasons"]) for r in mine),
+            )
+        )
     seen: set[str] = set()
     for name, avg, variant, settings, n, gap, secs, frac, deferred in sorted(stats, key=lambda x: (x[0], x[8], x[1])):
         mark = "" if name in seen else " ✓"
         seen.add(name)
         shown = ", ".join(f"{k.removeprefix('unlearn-')}={v}" for k, v in settings.items())
-        lines.append(f"| {variant}{mark} | {shown} | {n} | {avg:.2f} | {gap['FA']:.1f} | {gap['RA']:.1f} | {gap['TA']:.1f} "
-                     f"| {secs:.1f} | {100 * frac:.1f} | {deferred} |")
+        lines.append(
+            f"| {variant}{mark} | {shown} | {n} | {avg:.2f} | {gap['FA']:.1f} | {gap['RA']:.1f} | {gap['TA']:.1f} "
+            f"| {secs:.1f} | {100 * frac:.1f} | {deferred} |"
+        )
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(profile: Profile, cells: Sequence[Row], skipped: Sequence[Row], out: Path, *, env: Row,
-                  tune: bool, wall_seconds: float) -> list[Path]:
+def write_outputs(
+    profile: Profile,
+    cells: Sequence[Row],
+    skipped: Sequence[Row],
+    out: Path,
+    *,
+    env: Row,
+    tune: bool,
+    wall_seconds: float,
+) -> list[Path]:
     """Write results.json, report.md (and tuning.md when tuning) and the plots; return the paths."""
     from simulations.bench_plots import write_plots
 
     rows = [r for cell in cells for r in runs_of(cell)]
-    results = {"profile": profile.name, "profile_settings": dataclasses.asdict(profile), "env": env,
-               "wall_seconds": wall_seconds, "cells": [{k: c[k] for k in ("cell_id", "deletion_detail", "wall_seconds",
-                                                                         "method_settings")} for c in cells],
-               "skipped": list(skipped), "headline": headline(rows), "runs": rows}
+    results = {
+        "profile": profile.name,
+        "profile_settings": dataclasses.asdict(profile),
+        "env": env,
+        "wall_seconds": wall_seconds,
+        "cells": [{k: c[k] for k in ("cell_id", "deletion_detail", "wall_seconds", "method_settings")} for c in cells],
+        "skipped": list(skipped),
+        "headline": headline(rows),
+        "runs": rows,
+    }
     written = [write_json_atomic(out / "results.json", results)]
     text = report_markdown(profile, cells, rows, skipped, env=env, wall_seconds=wall_seconds)
     written.append(write_bytes_atomic(out / "report.md", text.encode("utf-8")))

@@ -23,20 +23,59 @@ from server.bench_app import CellPlan, method_of, with_method
 from simulations.bench_profiles import QUICK, TUNING_GRID, Cell, Deletion, Profile, largest_share
 from simulations.bench_report import cell_table, headline, runs_of, storage_bytes, targets_met, write_outputs
 
-RUN_KEYS = {"dataset", "model", "partition", "deletion", "method", "seed", "FA", "RA", "TA", "MIA", "avg_gap_rt",
-            "kl_rt_forget", "kl_rt_test", "backdoor_asr", "unlearn_seconds", "retrain_seconds", "messages",
-            "history_bytes", "dense_history_bytes"}
-MICRO = dataclasses.replace(QUICK, name="micro", datasets=("digits",), models=("mlp",), samples_per_client=60,
-                            test_samples=50, sweep=(Deletion("sample", 1, amount=4),))
+RUN_KEYS = {
+    "dataset",
+    "model",
+    "partition",
+    "deletion",
+    "method",
+    "seed",
+    "FA",
+    "RA",
+    "TA",
+    "MIA",
+    "avg_gap_rt",
+    "kl_rt_forget",
+    "kl_rt_test",
+    "backdoor_asr",
+    "unlearn_seconds",
+    "retrain_seconds",
+    "messages",
+    "history_bytes",
+    "dense_history_bytes",
+}
+MICRO = dataclasses.replace(
+    QUICK,
+    name="micro",
+    datasets=("digits",),
+    models=("mlp",),
+    samples_per_client=60,
+    test_samples=50,
+    sweep=(Deletion("sample", 1, amount=4),),
+)
 
 
 def fake_row(method: str, fa: float, *, asr: float | None = None, seconds: float = 2.0) -> dict[str, Any]:
     """A row shaped like ``evaluate_cell``'s (RT has FA 0.90, RA 0.95, TA 0.93, MIA 0.40)."""
     rt = {"FA": 0.90, "RA": 0.95, "TA": 0.93, "MIA": 0.40}
-    row = {"method": method, "FA": fa, "RA": 0.95, "TA": 0.93, "MIA": 0.40, "mia_entropy": 0.3, "kl_rt_forget": 0.1,
-           "kl_rt_test": 0.05, "backdoor_asr": asr, "unlearn_seconds": 100.0 if method == "RT" else seconds,
-           "retrain_seconds": 100.0, "messages": 40, "history_bytes": 300, "dense_history_bytes": 10_000,
-           "served": 1, "deferred_reasons": []}
+    row = {
+        "method": method,
+        "FA": fa,
+        "RA": 0.95,
+        "TA": 0.93,
+        "MIA": 0.40,
+        "mia_entropy": 0.3,
+        "kl_rt_forget": 0.1,
+        "kl_rt_test": 0.05,
+        "backdoor_asr": asr,
+        "unlearn_seconds": 100.0 if method == "RT" else seconds,
+        "retrain_seconds": 100.0,
+        "messages": 40,
+        "history_bytes": 300,
+        "dense_history_bytes": 10_000,
+        "served": 1,
+        "deferred_reasons": [],
+    }
     row["avg_gap_rt"] = 100 * sum(abs(row[k] - rt[k]) for k in rt) / 4
     return row
 
@@ -44,16 +83,39 @@ def fake_row(method: str, fa: float, *, asr: float | None = None, seconds: float
 def fake_cell(cell: Cell, methods: dict[str, float]) -> dict[str, Any]:
     """A finished cell record as ``bench.cell_record`` writes it."""
     asr = 0.1 if cell.deletion.kind == "client" else None
-    rows = [fake_row("before", 0.99, asr=asr), *(fake_row(m, fa, asr=asr) for m, fa in methods.items()),
-            fake_row("RT", 0.90, asr=asr)]
-    result = {"rows": rows, "num_forget": 80, "num_retain": 3920, "server_log_bytes": 5000,
-              "affected": {"client-1": {"affected": 30, "steps": 120}},
-              "curves": {"round": [0, 1, 2], "train_FA": [0.1, 0.8, 0.99], "train_RA": [0.1, 0.8, 0.95],
-                         "RT_FA": [0.1, 0.7, 0.9], "RT_RA": [0.1, 0.8, 0.95]}}
-    return {"cell_id": cell.cell_id, "dataset": cell.dataset, "model": cell.model, "partition": cell.partition,
-            "seed": cell.seed, "role": cell.role, "deletion": dataclasses.asdict(cell.deletion),
-            "deletion_detail": "test", "methods": list(methods), "method_settings": {}, "wall_seconds": 60.0,
-            "result": result}
+    rows = [
+        fake_row("before", 0.99, asr=asr),
+        *(fake_row(m, fa, asr=asr) for m, fa in methods.items()),
+        fake_row("RT", 0.90, asr=asr),
+    ]
+    result = {
+        "rows": rows,
+        "num_forget": 80,
+        "num_retain": 3920,
+        "server_log_bytes": 5000,
+        "affected": {"client-1": {"affected": 30, "steps": 120}},
+        "curves": {
+            "round": [0, 1, 2],
+            "train_FA": [0.1, 0.8, 0.99],
+            "train_RA": [0.1, 0.8, 0.95],
+            "RT_FA": [0.1, 0.7, 0.9],
+            "RT_RA": [0.1, 0.8, 0.95],
+        },
+    }
+    return {
+        "cell_id": cell.cell_id,
+        "dataset": cell.dataset,
+        "model": cell.model,
+        "partition": cell.partition,
+        "seed": cell.seed,
+        "role": cell.role,
+        "deletion": dataclasses.asdict(cell.deletion),
+        "deletion_detail": "test",
+        "methods": list(methods),
+        "method_settings": {},
+        "wall_seconds": 60.0,
+        "result": result,
+    }
 
 
 def test_quick_profile_has_every_deletion_kind_on_iid_lenet_and_a_growing_sweep() -> None:
@@ -92,8 +154,9 @@ def test_largest_share_picks_the_class_the_client_holds_most_of() -> None:
 def test_tuning_plan_labels_every_variant_with_its_overrides() -> None:
     cell = next(c for c in QUICK.cells() if c.deletion.kind == "sample")
     labels, overrides = bench.method_plan(QUICK, cell, {"sfr_on", "finetune"}, tune=True)
-    assert labels == [f"sfr_on@{k}" for k in range(len(TUNING_GRID["sfr_on"]))] + \
-        [f"finetune@{k}" for k in range(len(TUNING_GRID["finetune"]))]
+    assert labels == [f"sfr_on@{k}" for k in range(len(TUNING_GRID["sfr_on"]))] + [
+        f"finetune@{k}" for k in range(len(TUNING_GRID["finetune"]))
+    ]
     assert overrides["sfr_on@1"] == dict(TUNING_GRID["sfr_on"][1])
 
 
@@ -127,8 +190,9 @@ def test_runs_rows_have_the_issue_schema_fractions_and_rt(tmp_path: Path) -> Non
 
 def test_storage_is_what_each_method_needs() -> None:
     row = {"history_bytes": 7, "dense_history_bytes": 100}
-    assert [storage_bytes(m, {"server_log_bytes": 50}, row) for m in ("partial_amnesiac@1", "amnesiac", "federaser", "pga")] \
-        == [7, 100, 50, 0]
+    assert [
+        storage_bytes(m, {"server_log_bytes": 50}, row) for m in ("partial_amnesiac@1", "amnesiac", "federaser", "pga")
+    ] == [7, 100, 50, 0]
 
 
 def test_table_bolds_the_value_closest_to_rt_not_the_largest() -> None:
@@ -148,15 +212,29 @@ def test_headline_takes_the_closest_fedunlearn_method_and_checks_targets() -> No
     assert met["Avg.D <= 1.5"] and met["history <= 5% dense"] and not met["time <= 1% RT"]
 
 
-ENV = {"cpu_count": 2, "load_average": [1.0, 1.0, 1.0], "python": "3", "torch": "2", "flwr": "1", "git_commit": "abc",
-       "git_dirty": False}
+ENV = {
+    "cpu_count": 2,
+    "load_average": [1.0, 1.0, 1.0],
+    "python": "3",
+    "torch": "2",
+    "flwr": "1",
+    "git_commit": "abc",
+    "git_dirty": False,
+}
 
 
 def test_outputs_are_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("simulations.bench_plots.write_plots", lambda cells, rows, out: [])
     cells = [fake_cell(c, {"partial_amnesiac": 0.92, "amnesiac": 0.85}) for c in QUICK.cells()]
-    paths = write_outputs(QUICK, cells, [{"cell_id": "x", "status": "skipped", "reason": "no data"}], tmp_path,
-                          env=ENV, tune=True, wall_seconds=1.0)
+    paths = write_outputs(
+        QUICK,
+        cells,
+        [{"cell_id": "x", "status": "skipped", "reason": "no data"}],
+        tmp_path,
+        env=ENV,
+        tune=True,
+        wall_seconds=1.0,
+    )
     assert {p.name for p in paths} == {"results.json", "report.md", "tuning.md"}
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["profile"] == "quick" and len(results["headline"]) == 3
@@ -169,9 +247,11 @@ def test_each_plot_is_drawn_from_the_cells(tmp_path: Path, name: str) -> None:
 
     cells = [fake_cell(c, {"partial_amnesiac": 0.92, "amnesiac": 0.85}) for c in QUICK.cells()]
     rows = [r for c in cells for r in runs_of(c)]
-    draw = {"fig_forget_retain": lambda: plots.plot_forget_retain(cells, tmp_path / "a.png"),
-            "fig_affected_batches": lambda: plots.plot_affected_batches(rows, tmp_path / "a.png"),
-            "fig_cost_vs_gap": lambda: plots.plot_cost_vs_gap(rows, tmp_path / "a.png")}[name]
+    draw = {
+        "fig_forget_retain": lambda: plots.plot_forget_retain(cells, tmp_path / "a.png"),
+        "fig_affected_batches": lambda: plots.plot_affected_batches(rows, tmp_path / "a.png"),
+        "fig_cost_vs_gap": lambda: plots.plot_cost_vs_gap(rows, tmp_path / "a.png"),
+    }[name]
     assert draw() == tmp_path / "a.png"
     assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -181,7 +261,7 @@ def test_a_rerun_reuses_finished_cells_and_retries_failed_ones(tmp_path: Path, m
 
     def fake_run_cells(cells: list[Any], *, on_result: Any, **_: Any) -> None:
         ran.append([Path(config.out_dir).name for config, _, _ in cells])
-        for index, (config, methods, _) in enumerate(cells):
+        for index, (config, _methods, _) in enumerate(cells):
             ok = "client" not in str(config.out_dir)
             on_result(index, {"rows": []} if ok else None, None if ok else RuntimeError("boom"))
 
@@ -193,7 +273,9 @@ def test_a_rerun_reuses_finished_cells_and_retries_failed_ones(tmp_path: Path, m
         planned = bench.plan(MICRO, tmp_path, data_root=None)
         bench.run_pending(planned, tmp_path, cpus=1, deadline=None, keep_state=False)
     assert len(ran[0]) == 4 and ran[1] == [c for c in ran[0] if "client" in c]
-    assert sorted(p.name for p in (tmp_path / "cells").glob("*.json")) == sorted(f"{c}.json" for c in ran[0] if "client" not in c)
+    assert sorted(p.name for p in (tmp_path / "cells").glob("*.json")) == sorted(
+        f"{c}.json" for c in ran[0] if "client" not in c
+    )
     failed = [p for p in planned if p.status == "failed"]
     assert len(failed) == 1 and "boom" in failed[0].reason
 

@@ -1,7 +1,9 @@
 """The Flower ClientApp: decode a Message, call the client's ``ClientSite``, encode the reply.
 
 No algorithm lives here: FedAvg rounds call ``fedunlearn.site``, unlearning phases
-``fedunlearn.site_unlearning`` (through ``clients.unlearning``).
+``fedunlearn.site_unlearning`` (through ``clients.unlearning``). ``app`` is what SuperNodes
+run; ``build_client_app(benchmark=True)`` adds the snapshot/restore actions that benchmarks
+need and a production node must never answer (a server could roll back served deletions).
 """
 
 from __future__ import annotations
@@ -13,21 +15,12 @@ from clients import unlearning
 from clients.common import fault_injection_mod, global_state, open_site, reply_errors, server_round, status_record
 from fedunlearn import protocol
 
-#: ``fault_injection_mod`` is a test hook that passes every message on unless a fault plan is
-#: explicitly enabled (see fedunlearn/faults.py).
-app = ClientApp(mods=[fault_injection_mod])
-
-
-@app.query("status")
-@reply_errors
 def status(message: Message, context: Context) -> Message:
     """Handshake / poll: partition id and pending deletion requests."""
     site = open_site(message, context)
     return Message(RecordDict({protocol.STATUS: status_record(site)}), reply_to=message)
 
 
-@app.train()
-@reply_errors
 def train(message: Message, context: Context) -> Message:
     """One FedAvg round of local training with history recording."""
     site = open_site(message, context)
@@ -45,8 +38,6 @@ def train(message: Message, context: Context) -> Message:
     return Message(content, reply_to=message)
 
 
-@app.evaluate()
-@reply_errors
 def evaluate(message: Message, context: Context) -> Message:
     """Loss and accuracy of the global weights on this client's retained data."""
     site = open_site(message, context)
@@ -56,11 +47,25 @@ def evaluate(message: Message, context: Context) -> Message:
     return Message(RecordDict({protocol.METRICS: metrics, protocol.STATUS: status_record(site)}), reply_to=message)
 
 
-# Unlearning phase actions (see clients/unlearning.py and fedunlearn/site_unlearning.py).
-app.query("fisher")(reply_errors(unlearning.fisher))
-app.train("forget")(reply_errors(unlearning.forget))
-app.train("remain")(reply_errors(unlearning.remain))
-app.evaluate("verify")(reply_errors(unlearning.verify))
-app.query("commit")(reply_errors(unlearning.commit))
-app.query("snapshot")(reply_errors(unlearning.snapshot))
-app.query("restore")(reply_errors(unlearning.restore))
+def build_client_app(*, benchmark: bool = False) -> ClientApp:
+    """The ClientApp with every fedunlearn action (``benchmark``: plus snapshot/restore).
+
+    ``fault_injection_mod`` is a test hook that passes every message on unless a fault plan
+    is explicitly enabled (see fedunlearn/faults.py).
+    """
+    client = ClientApp(mods=[fault_injection_mod])
+    client.query("status")(reply_errors(status))
+    client.train()(reply_errors(train))
+    client.evaluate()(reply_errors(evaluate))
+    client.query("fisher")(reply_errors(unlearning.fisher))
+    client.train("forget")(reply_errors(unlearning.forget))
+    client.train("remain")(reply_errors(unlearning.remain))
+    client.evaluate("verify")(reply_errors(unlearning.verify))
+    client.query("commit")(reply_errors(unlearning.commit))
+    if benchmark:
+        client.query("snapshot")(reply_errors(unlearning.snapshot))
+        client.query("restore")(reply_errors(unlearning.restore))
+    return client
+
+
+app = build_client_app()

@@ -50,6 +50,7 @@ class UnlearningFedAvg(FedAvg):
         self.last_train_nodes: list[int] = []  # nodes sent a train message in the current round
         self.announced: dict[int, list[str]] = {}  # node_id -> pending request ids it announced
         self.departed: set[int] = set()  # nodes whose client-level deletion was served
+        self.held_back: set[int] = set()  # nodes that have not yet confirmed a served deletion
 
     # ---------------------------------------------------------------- message construction
     def federation_record(self) -> ConfigRecord:
@@ -95,8 +96,12 @@ class UnlearningFedAvg(FedAvg):
             self.announced[message.metadata.src_node_id] = [str(r) for r in status.get(protocol.REQUEST_IDS, [])]  # type: ignore[union-attr]
 
     def sample(self, server_round: int, fraction: float, grid: Grid) -> list[int]:
-        """Seeded sample of active nodes (by partition id), reproducible across runs."""
-        online = set(self.active_nodes(grid))
+        """Seeded sample of active nodes (by partition id), reproducible across runs.
+
+        Nodes in ``held_back`` sit out: the model already forgot their samples, but until the
+        node confirms the commit it would still train on them.
+        """
+        online = set(self.active_nodes(grid)) - self.held_back
         known = sorted((pid, nid) for nid, pid in self.partition_of.items() if nid in online)
         if fraction >= 1.0:
             return [nid for _, nid in known]

@@ -211,6 +211,7 @@ def serve_pending(grid: Grid, state: ServerState, server_round: int) -> list[Pha
     for request_id, commit in list(state.awaiting_commit.items()):
         if commit.nodes[0] in online and all(o.request_id != request_id for o in outcomes):
             outcomes.append(_reconfirm(grid, state, commit.nodes[0], request_id))
+    strategy.held_back = {commit.nodes[0] for commit in state.awaiting_commit.values()}
     for outcome in outcomes:
         state.results.events.append({"type": "unlearning", "round": server_round, **dataclasses.asdict(outcome)})
         if outcome.receipt is not None and state.config.out_dir is not None:

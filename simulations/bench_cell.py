@@ -103,7 +103,7 @@ def run_cells(
     """
     from flwr.simulation import run_simulation
 
-    from clients.client_app import app as client_app
+    from clients.client_app import build_client_app
     from server.bench_app import CellPlan, make_bench_server_app
 
     sizes = {config.data.num_clients for config, _, _ in cells}
@@ -128,6 +128,7 @@ def run_cells(
     plans = [CellPlan(config.to_run_config(), list(methods), dict(overrides)) for config, methods, overrides in cells]
     server_app = make_bench_server_app(cells=plans, progress=progress, on_cell=done, keep_going=keep_going)
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": cpus}}
+    client_app = build_client_app(benchmark=True)  # snapshot/restore: benchmarks only
     run_simulation(server_app=server_app, client_app=client_app, num_supernodes=sizes.pop(), backend_config=backend)  # type: ignore[arg-type]
 
 

@@ -27,7 +27,8 @@ pytestmark = pytest.mark.faults
 
 #: Every message type the ClientApp answers: none of them files or edits a request.
 CLIENT_API = {"query.status", "train.default", "evaluate.default", "query.fisher", "train.forget", "train.remain",
-              "evaluate.verify", "query.commit", "query.snapshot", "query.restore"}
+              "evaluate.verify", "query.commit"}
+BENCHMARK_ONLY = {"query.snapshot", "query.restore"}
 
 
 @pytest.fixture
@@ -53,6 +54,14 @@ def send(grid: LocalGrid, strategy: UnlearningFedAvg, node: int, kind: str, conf
 
 def test_the_client_api_has_no_message_that_files_a_request() -> None:
     assert set(client_app._registered_funcs) == CLIENT_API  # noqa: SLF001
+
+
+def test_state_rollback_actions_exist_only_in_the_benchmark_client() -> None:
+    # A production node must not let a server restore an old state (un-serving deletions).
+    from clients.client_app import build_client_app
+
+    assert BENCHMARK_ONLY.isdisjoint(client_app._registered_funcs)  # noqa: SLF001
+    assert set(build_client_app(benchmark=True)._registered_funcs) == CLIENT_API | BENCHMARK_ONLY  # noqa: SLF001
 
 
 @pytest.mark.parametrize("kind", [protocol.TRAIN_FORGET, protocol.EVALUATE_VERIFY, protocol.QUERY_COMMIT])

@@ -23,7 +23,6 @@ import time
 from logging import INFO, WARNING
 from pathlib import Path
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.common import log
 from flwr.serverapp import Grid
@@ -39,19 +38,17 @@ from fedunlearn.federaser import (
     reconstruct,
 )
 from fedunlearn.types import Delta, StateDict
-from server.loop import ServerState, save_model
+from server.loop import ServerState
 from server.unlearning_phase import (
     Exchange,
     PhaseAborted,
     PhaseOutcome,
     PhaseStats,
-    _commit_exchange,
-    _draft_receipt,
-    _receipt_from,
-    _require_finite,
-    _verify,
+    apply_and_commit,
     exchange,
     register_phase_runner,
+    require_finite,
+    verify_phase,
 )
 
 METHOD = "federaser"
@@ -108,8 +105,8 @@ def run_federaser_phase(grid: Grid, state: ServerState, *, node_id: int, request
             return PhaseOutcome(request_id, pid, "deferred", not_client_level, time.perf_counter() - start, stats)
         log_bytes = update_log(state).disk_bytes()
         rebuilt, steps = _reconstruct(grid, state, node_id, stats)
-        _require_finite(rebuilt.state, "FedEraser reconstruction")
-        metrics = _verify(grid, state, node_id, request_id, rebuilt.state, stats)
+        require_finite(rebuilt.state, "FedEraser reconstruction")
+        metrics = verify_phase(grid, state, node_id, request_id, rebuilt.state, stats)
     except (PhaseAborted, UnlearningError, HistoryError) as err:
         log(WARNING, "[UNLEARN] request %s deferred, global model unchanged: %s", request_id, err)
         return PhaseOutcome(request_id, pid, "deferred", str(err), time.perf_counter() - start, stats)
@@ -175,24 +172,8 @@ def _calibration_message(state: ServerState, node: int, arrays: ArrayRecord, ste
 def _apply_and_commit(grid: Grid, state: ServerState, node_id: int, request_id: str, server_round: int,
                       rebuilt: Reconstruction, metrics: dict[str, float], stats: PhaseStats,
                       start: float) -> PhaseOutcome:
-    """Replace the global model, drop the client's stored updates, commit (``run_phase``'s tail)."""
-    strategy, before = state.strategy, state.arrays
-    pid = strategy.partition_of.get(node_id, -1)
-    theta: dict[str, torch.Tensor] = rebuilt.state
-    save_model(state, f"models/before-{request_id}.pt", before)
-    state.arrays = ArrayRecord(theta)  # verified: from here on the model has forgotten
-    metrics["log_bytes_freed"] = float(update_log(state).remove_client(pid))
-    draft = _draft_receipt(state, request_id, server_round, before, theta, metrics, stats, start)
-    commit = _commit_exchange(state, node_id, request_id, draft, len(rebuilt.rounds))
-    try:
-        receipt = _receipt_from(exchange(grid, state, commit, stats)[node_id])
-    except PhaseAborted as err:
-        state.awaiting_commit[request_id] = commit
-        log(WARNING, "[UNLEARN] request %s applied to the model but not confirmed by its client (%s); the commit "
-            "is re-sent when the client announces the request again", request_id, err)
-        return PhaseOutcome(request_id, pid, "unconfirmed", str(err), time.perf_counter() - start, stats, metrics)
-    if receipt.get("kind") == "client":
-        strategy.departed.add(node_id)
-    log(INFO, "[UNLEARN] request %s served by FedEraser in %.1f s: %s", request_id, time.perf_counter() - start,
-        {k: round(v, 4) for k, v in metrics.items()})
-    return PhaseOutcome(request_id, pid, "served", None, time.perf_counter() - start, stats, metrics, receipt)
+    """Drop the forgotten client's stored updates (they come from its data), then the common tail."""
+    metrics["log_bytes_freed"] = float(update_log(state).remove_client(state.strategy.partition_of.get(node_id, -1)))
+    return apply_and_commit(grid, state, node_id=node_id, request_id=request_id, server_round=server_round,
+                            theta=rebuilt.state, metrics=metrics, steps_run=len(rebuilt.rounds), stats=stats,
+                            start=start)

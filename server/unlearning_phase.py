@@ -127,15 +127,26 @@ def run_phase(grid: Grid, state: ServerState, *, node_id: int, request_id: str, 
     strategy, config = state.strategy, state.config
     pid = strategy.partition_of.get(node_id, -1)
     start, stats = time.perf_counter(), PhaseStats()
-    before = state.arrays
     log(INFO, "[UNLEARN] client %d, request %s: method %s, %d outer step(s)", pid, request_id,
         config.unlearn.method, config.unlearn.outer_steps)
     try:
         theta, steps_run = _fast_slow_loop(grid, state, node_id, request_id, stats)
-        metrics = _verify(grid, state, node_id, request_id, theta, stats)
+        metrics = verify_phase(grid, state, node_id, request_id, theta, stats)
     except PhaseAborted as err:
         log(WARNING, "[UNLEARN] request %s deferred, global model rolled back: %s", request_id, err)
         return PhaseOutcome(request_id, pid, "deferred", str(err), time.perf_counter() - start, stats)
+    return apply_and_commit(grid, state, node_id=node_id, request_id=request_id, server_round=server_round,
+                            theta=theta, metrics=metrics, steps_run=steps_run, stats=stats, start=start)
+
+
+def apply_and_commit(
+    grid: Grid, state: ServerState, *, node_id: int, request_id: str, server_round: int,
+    theta: dict[str, torch.Tensor], metrics: dict[str, float], steps_run: int, stats: PhaseStats, start: float,
+) -> PhaseOutcome:
+    """The common tail of every phase, once ``theta`` is verified: replace the global model,
+    ask the client to commit (it completes the receipt), or keep the commit for re-sending."""
+    strategy, before = state.strategy, state.arrays
+    pid = strategy.partition_of.get(node_id, -1)
     save_model(state, f"models/before-{request_id}.pt", before)
     state.arrays = ArrayRecord(theta)  # verified: from here on the model has forgotten
     draft = _draft_receipt(state, request_id, server_round, before, theta, metrics, stats, start)
@@ -149,8 +160,8 @@ def run_phase(grid: Grid, state: ServerState, *, node_id: int, request_id: str, 
         return PhaseOutcome(request_id, pid, "unconfirmed", str(err), time.perf_counter() - start, stats, metrics)
     if receipt.get("kind") == "client":
         strategy.departed.add(node_id)
-    log(INFO, "[UNLEARN] request %s served in %.1f s: %s", request_id, time.perf_counter() - start,
-        {k: round(v, 4) for k, v in metrics.items()})
+    log(INFO, "[UNLEARN] request %s served with %s in %.1f s: %s", request_id, state.config.unlearn.method,
+        time.perf_counter() - start, {k: round(v, 4) for k, v in metrics.items()})
     return PhaseOutcome(request_id, pid, "served", None, time.perf_counter() - start, stats, metrics, receipt)
 
 
@@ -265,7 +276,7 @@ def _fast_slow_loop(grid: Grid, state: ServerState, node_id: int, request_id: st
     for step in range(cfg.outer_steps):
         forget_reply = exchange(grid, state, Exchange(
             f"fast {step + 1}/{cfg.outer_steps}", [node_id],
-            lambda n: _forget_message(strategy, n, request_id, step, theta, fisher), required=True,
+            lambda n, step=step, theta=theta: _forget_message(strategy, n, request_id, step, theta, fisher), required=True,
             expect=EXPECT_FORGET), stats)[node_id]
         fa_before = float(forget_reply.content[protocol.METRICS][protocol.FA_BEFORE])  # type: ignore[arg-type]
         if step > 0 and cfg.target_fa is not None and fa_before <= cfg.target_fa:
@@ -277,7 +288,8 @@ def _fast_slow_loop(grid: Grid, state: ServerState, node_id: int, request_id: st
             if cfg.remain_steps > 0 else []
         remain_replies = exchange(grid, state, Exchange(
             f"slow {step + 1}/{cfg.outer_steps}", slow_nodes,
-            lambda n: _remain_message(strategy, n, request_id, step, theta_fast, n == node_id), required=False,
+            lambda n, step=step, fast=theta_fast: _remain_message(strategy, n, request_id, step, fast, n == node_id),
+            required=False,
             expect=EXPECT_REMAIN), stats)
         usable = [(r, float(r.content[protocol.METRICS][protocol.NUM_EXAMPLES])) for r in remain_replies.values()]  # type: ignore[arg-type]
         usable = [(r, w) for r, w in usable if w > 0]
@@ -288,7 +300,7 @@ def _fast_slow_loop(grid: Grid, state: ServerState, node_id: int, request_id: st
             [r.content[protocol.ARRAYS].to_torch_state_dict() for r, _ in usable], [w for _, w in usable],
             apply_scale=cfg.apply_scale, alpha=cfg.alpha,
         )
-        _require_finite(theta, f"outer step {step + 1}")
+        require_finite(theta, f"outer step {step + 1}")
         steps_run = step + 1
     return theta, steps_run
 
@@ -330,13 +342,14 @@ def _remain_message(strategy: UnlearningFedAvg, node: int, request_id: str, step
     return strategy.build_message(node, protocol.TRAIN_REMAIN, arrays=ArrayRecord(theta_fast), config=ConfigRecord(values))
 
 
-def _require_finite(theta: dict[str, torch.Tensor], where: str) -> None:
+def require_finite(theta: dict[str, torch.Tensor], where: str) -> None:
+    """Abort the phase (nothing applied) if any weight is NaN/Inf."""
     bad = [k for k, v in theta.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise PhaseAborted(f"{where}: non-finite weights in {bad[:5]}")
 
 
-def _verify(grid: Grid, state: ServerState, node_id: int, request_id: str, theta: dict[str, torch.Tensor], stats: PhaseStats) -> dict[str, float]:
+def verify_phase(grid: Grid, state: ServerState, node_id: int, request_id: str, theta: dict[str, torch.Tensor], stats: PhaseStats) -> dict[str, float]:
     """FA/MIA/RA from the forgetting client, TA (and backdoor ASR) on the server; fails the
     phase if TA fell by more than ``max_ta_drop``."""
     strategy = state.strategy

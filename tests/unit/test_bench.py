@@ -186,6 +186,7 @@ def test_runs_rows_have_the_issue_schema_fractions_and_rt(tmp_path: Path) -> Non
     assert by["federaser"]["history_bytes"] == 5000 and by["sfr_on"]["history_bytes"] == 0
     assert by["sfr_on"]["time_fraction_rt"] == pytest.approx(0.02)
     assert by["RT"]["affected_fraction"] == pytest.approx(0.25)
+    assert by["sfr_on"]["avg_gap_rt_acc"] == pytest.approx(100 * 0.4 / 3)  # FA/RA/TA only, no MIA term
 
 
 def test_storage_is_what_each_method_needs() -> None:

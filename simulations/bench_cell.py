@@ -129,7 +129,12 @@ def run_cells(
     server_app = make_bench_server_app(cells=plans, progress=progress, on_cell=done, keep_going=keep_going)
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": cpus}}
     client_app = build_client_app(benchmark=True)  # snapshot/restore: benchmarks only
-    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=sizes.pop(), backend_config=backend)  # type: ignore[arg-type]
+    run_simulation(
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=sizes.pop(),
+        backend_config=backend,  # type: ignore[arg-type]
+    )
 
 
 def evaluate_cell(config: FederationConfig, results: dict[str, Any], methods: Sequence[str]) -> dict[str, Any]:

@@ -93,7 +93,7 @@ def runs_of(cell: Row) -> list[Row]:
 
 def _accuracy_gap(row: Row, rt: Row) -> float:
     """Mean |gap| to RT over FA, RA, TA only (percentage points): Avg.D without the MIA term."""
-    return 100 * sum(abs(row[k] - rt[k]) for k in ("FA", "RA", "TA")) / 3
+    return 100.0 * sum(abs(float(row[k]) - float(rt[k])) for k in ("FA", "RA", "TA")) / 3
 
 
 def headline(rows: Sequence[Row]) -> list[Row]:

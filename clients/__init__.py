@@ -1,0 +1,1 @@
+"""Flower ClientApp of fedunlearn: thin adapters from messages to ``fedunlearn.site``."""

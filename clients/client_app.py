@@ -15,6 +15,7 @@ from clients import unlearning
 from clients.common import fault_injection_mod, global_state, open_site, reply_errors, server_round, status_record
 from fedunlearn import protocol
 
+
 def status(message: Message, context: Context) -> Message:
     """Handshake / poll: partition id and pending deletion requests."""
     site = open_site(message, context)
@@ -25,16 +26,19 @@ def train(message: Message, context: Context) -> Message:
     """One FedAvg round of local training with history recording."""
     site = open_site(message, context)
     outcome = site.train_round(global_state(message), server_round=server_round(message))
-    metrics = MetricRecord({
-        protocol.NUM_EXAMPLES: outcome.train.num_examples,
-        protocol.TRAIN_LOSS: outcome.train.mean_loss,
-        protocol.PENDING_DELETIONS: len(site.queue.pending()),
-        protocol.HISTORY_BYTES: outcome.usage.disk_bytes,
-        protocol.HISTORY_DENSE_BYTES: outcome.usage.dense_bytes,
-        protocol.HISTORY_ROUND_BYTES: outcome.round_bytes,
-    })
-    content = RecordDict({protocol.ARRAYS: ArrayRecord(outcome.state), protocol.METRICS: metrics,
-                          protocol.STATUS: status_record(site)})
+    metrics = MetricRecord(
+        {
+            protocol.NUM_EXAMPLES: outcome.train.num_examples,
+            protocol.TRAIN_LOSS: outcome.train.mean_loss,
+            protocol.PENDING_DELETIONS: len(site.queue.pending()),
+            protocol.HISTORY_BYTES: outcome.usage.disk_bytes,
+            protocol.HISTORY_DENSE_BYTES: outcome.usage.dense_bytes,
+            protocol.HISTORY_ROUND_BYTES: outcome.round_bytes,
+        }
+    )
+    content = RecordDict(
+        {protocol.ARRAYS: ArrayRecord(outcome.state), protocol.METRICS: metrics, protocol.STATUS: status_record(site)}
+    )
     return Message(content, reply_to=message)
 
 
@@ -42,8 +46,13 @@ def evaluate(message: Message, context: Context) -> Message:
     """Loss and accuracy of the global weights on this client's retained data."""
     site = open_site(message, context)
     result = site.evaluate(global_state(message))
-    metrics = MetricRecord({protocol.NUM_EXAMPLES: result.num_examples, protocol.EVAL_LOSS: result.loss,
-                            protocol.EVAL_ACCURACY: result.accuracy})
+    metrics = MetricRecord(
+        {
+            protocol.NUM_EXAMPLES: result.num_examples,
+            protocol.EVAL_LOSS: result.loss,
+            protocol.EVAL_ACCURACY: result.accuracy,
+        }
+    )
     return Message(RecordDict({protocol.METRICS: metrics, protocol.STATUS: status_record(site)}), reply_to=message)
 
 

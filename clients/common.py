@@ -31,7 +31,7 @@ Handler = Callable[[Message, Context], Message]
 def open_site(message: Message, context: Context, *, apply_schedule: bool = True) -> ClientSite:
     """The site this node serves, configured by the server's federation record and the
     node's own ``node_config``; also stores any FedAvg round weights the message carries."""
-    federation = FederationConfig.from_run_config(dict(message.content[protocol.FEDERATION]))
+    federation = FederationConfig.from_run_config(dict(message.content.config_records[protocol.FEDERATION]))
     node = NodeConfig.from_node_config(dict(context.node_config))
     if node.num_partitions != federation.data.num_clients:
         raise FedUnlearnError(
@@ -43,8 +43,10 @@ def open_site(message: Message, context: Context, *, apply_schedule: bool = True
     if federation.client_threads > 0:
         torch.set_num_threads(federation.client_threads)
     site = ClientSite.open(
-        config=federation, partition_id=node.partition_id,
-        state_dir=node.resolved_state_dir(federation), lineage=f"run-{context.run_id}",
+        config=federation,
+        partition_id=node.partition_id,
+        state_dir=node.resolved_state_dir(federation),
+        lineage=f"run-{context.run_id}",
     )
     resume_commits(site)  # finish a commit that a crash interrupted, before anything else
     weights = message.content.config_records.get(protocol.ROUND_WEIGHTS)
@@ -78,8 +80,9 @@ def reply_errors(handler: Handler) -> Handler:
             log(WARNING, "fedunlearn client error (%s): %s\n%s", type(err).__name__, err, traceback.format_exc(limit=3))
             return Message(Error(code=FEDUNLEARN_ERROR_CODE, reason=server_reason(err)), reply_to=message)
         except Exception as err:  # noqa: BLE001 - its text could hold anything: the server gets the class only
-            log(ERROR, "unexpected client error handling %s:\n%s", message.metadata.message_type,
-                traceback.format_exc())
+            log(
+                ERROR, "unexpected client error handling %s:\n%s", message.metadata.message_type, traceback.format_exc()
+            )
             reason = f"{type(err).__name__}: unexpected error on the client (details in the node's log)"
             return Message(Error(code=INTERNAL_ERROR_CODE, reason=reason), reply_to=message)
 
@@ -94,11 +97,15 @@ PRIVATE_ERRORS: tuple[type[FedUnlearnError], ...] = (DeletionRequestError, Unlea
 def server_reason(err: FedUnlearnError) -> str:
     """The reason an error reply carries to the server (never sample ids, never a traceback)."""
     if isinstance(err, UnknownRequestError):
-        return (f"{type(err).__name__}: this client has no deletion request {err.request_id!r}; requests are filed "
-                "only on the owning node (fedunlearn forget)")
+        return (
+            f"{type(err).__name__}: this client has no deletion request {err.request_id!r}; requests are filed "
+            "only on the owning node (fedunlearn forget)"
+        )
     if isinstance(err, PRIVATE_ERRORS):
-        return (f"{type(err).__name__}: this client cannot serve the request as asked; the reason (it may name "
-                "sample ids) stays in the node's log")
+        return (
+            f"{type(err).__name__}: this client cannot serve the request as asked; the reason (it may name "
+            "sample ids) stays in the node's log"
+        )
     return f"{type(err).__name__}: {err}"
 
 
@@ -132,7 +139,7 @@ def fault_injection_mod(message: Message, context: Context, call_next: Handler) 
 
 
 def _state_dir(message: Message, context: Context) -> str:
-    federation = FederationConfig.from_run_config(dict(message.content[protocol.FEDERATION]))
+    federation = FederationConfig.from_run_config(dict(message.content.config_records[protocol.FEDERATION]))
     return NodeConfig.from_node_config(dict(context.node_config)).resolved_state_dir(federation)
 
 
@@ -167,6 +174,14 @@ def config_value(message: Message, key: str) -> object:
     return config[key]
 
 
+def config_int(message: Message, key: str) -> int:
+    """An integer config value; a FedUnlearnError names the key if it is not a whole number."""
+    value = config_value(message, key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+        raise FedUnlearnError(f"config key {key!r} must be a whole number, got {value!r}")
+    return int(value)
+
+
 def requested(site: ClientSite, message: Message, key: str = protocol.REQUEST_ID) -> DeletionRequest:
     """The deletion request a phase message refers to (it must be this client's own)."""
     return site.queue.get(str(config_value(message, key)))
@@ -176,7 +191,7 @@ def global_state(message: Message) -> dict[str, torch.Tensor]:
     """The model weights a message carries."""
     if protocol.ARRAYS not in message.content.array_records:
         raise FedUnlearnError(f"message {message.metadata.message_type!r} carries no '{protocol.ARRAYS}' record")
-    return dict(message.content[protocol.ARRAYS].to_torch_state_dict())
+    return dict(message.content.array_records[protocol.ARRAYS].to_torch_state_dict())
 
 
 def tensors_record(tensors: dict[str, torch.Tensor]) -> ArrayRecord:

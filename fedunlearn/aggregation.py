@@ -104,8 +104,8 @@ def fast_slow_step(
     apply_scale: float = 1.0,
     alpha: float = 1.0,
 ) -> StateDict:
-    """One outer step of the federated fast-slow update (ALGORITHMS.md, "Federated fast-slow
-    aggregation"):
+    """One outer step of the federated fast-slow update (ALGORITHMS.md, fast-slow aggregation).
+
 
     ``theta_fast = theta + apply_scale * Delta_forget`` (fast, the forgetting client),
     ``theta_slow = theta_fast + sum_j w_j Delta_j`` (slow: FedAvg of remain corrections made

@@ -202,10 +202,15 @@ class UnlearnConfig:
             checks.require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("finetune_epochs", "remain_steps", "forget_scale", "weight_decay"):
             checks.non_negative(name, getattr(self, name))
-        checks.require(self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1 or None, got {self.max_steps}")
+        checks.require(
+            self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1 or None, got {self.max_steps}"
+        )
         checks.in_range("select_ratio", self.select_ratio, 0.0, 1.0, low_open=True)
         checks.one_of("selector", self.selector, SELECTOR_NAMES)
-        checks.require(self.target_fa is None or 0.0 <= self.target_fa <= 1.0, f"target_fa must be in [0, 1] or None, got {self.target_fa}")
+        checks.require(
+            self.target_fa is None or 0.0 <= self.target_fa <= 1.0,
+            f"target_fa must be in [0, 1] or None, got {self.target_fa}",
+        )
         checks.in_range("momentum", self.momentum, 0.0, 1.0)
         checks.in_range("remain_fraction", self.remain_fraction, 0.0, 1.0)
         checks.in_range("alpha", self.alpha, 0.0, 1.0, low_open=True)
@@ -283,10 +288,15 @@ class FederationConfig:
         try:
             from fedunlearn.schedule import parse_schedule
 
-            late = [e for e in parse_schedule(self.deletion_schedule, num_clients=self.data.num_clients)
-                    if e.round > self.num_rounds]
-            checks.require(not late, f"deletion-schedule has entries after the last round {self.num_rounds}: "
-                           f"{[e.request_id for e in late]}")
+            late = [
+                e
+                for e in parse_schedule(self.deletion_schedule, num_clients=self.data.num_clients)
+                if e.round > self.num_rounds
+            ]
+            checks.require(
+                not late,
+                f"deletion-schedule has entries after the last round {self.num_rounds}: {[e.request_id for e in late]}",
+            )
         except ConfigError as err:
             checks.problems.extend(err.problems)
         checks.raise_if_any()
@@ -305,7 +315,6 @@ class FederationConfig:
 
 
 # --------------------------------------------------------------------------- run_config bridge
-
 
 
 def _run_config_keys(config_type: type) -> dict[str, tuple[tuple[str, ...], Any]]:

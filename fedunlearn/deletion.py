@@ -22,8 +22,8 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from fedunlearn.errors import DeletionRequestError
 from fedunlearn.atomic import save_npy_atomic, write_json_atomic
+from fedunlearn.errors import DeletionRequestError
 from fedunlearn.types import DeletionKind, SampleIds
 
 logger = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ class DeletionRequest:
         return DeletionRequest(request_id or uuid.uuid4().hex[:16], kind, ids, label, time.time())
 
     def to_json(self) -> dict[str, Any]:
+        """The request as a JSON object (what the queue writes)."""
         payload = asdict(self)
         payload["sample_ids"] = list(self.sample_ids)
         return payload
@@ -100,8 +101,11 @@ REQUEST_FIELDS = frozenset(f.name for f in fields(DeletionRequest))
 
 def valid_request_id(request_id: object) -> bool:
     """Whether ``request_id`` is 1 to MAX_REQUEST_ID_CHARS letters, digits, ``-`` or ``_`` (a safe file name)."""
-    return (isinstance(request_id, str) and 0 < len(request_id) <= MAX_REQUEST_ID_CHARS
-            and all(c.isascii() and (c.isalnum() or c in "-_") for c in request_id))
+    return (
+        isinstance(request_id, str)
+        and 0 < len(request_id) <= MAX_REQUEST_ID_CHARS
+        and all(c.isascii() and (c.isalnum() or c in "-_") for c in request_id)
+    )
 
 
 def _is_int(value: object) -> bool:
@@ -116,8 +120,10 @@ def _record_problems(request: DeletionRequest) -> list[str]:
     """What makes the bookkeeping fields of a request invalid."""
     problems = []
     if not valid_request_id(request.request_id):
-        problems.append(f"request id must be alphanumeric (ASCII, with - or _), 1-{MAX_REQUEST_ID_CHARS} characters; "
-                        f"got {request.request_id!r}")
+        problems.append(
+            f"request id must be alphanumeric (ASCII, with - or _), 1-{MAX_REQUEST_ID_CHARS} characters; "
+            f"got {request.request_id!r}"
+        )
     if request.status not in get_args(RequestStatus):
         problems.append(f"status must be one of {', '.join(get_args(RequestStatus))}; got {request.status!r}")
     if not _is_int(request.attempts) or request.attempts < 0:
@@ -223,6 +229,7 @@ class DeletionReceipt:
     served_at: float = field(default_factory=time.time)
 
     def to_json(self) -> dict[str, Any]:
+        """The receipt as a JSON object."""
         return asdict(self)
 
 
@@ -242,8 +249,10 @@ class DeletionQueue:
 
     def _path(self, request_id: str) -> Path:
         if not valid_request_id(request_id):
-            raise DeletionRequestError(f"request id must be alphanumeric (ASCII, with - or _), "
-                                       f"1-{MAX_REQUEST_ID_CHARS} characters; got {request_id!r}")
+            raise DeletionRequestError(
+                f"request id must be alphanumeric (ASCII, with - or _), "
+                f"1-{MAX_REQUEST_ID_CHARS} characters; got {request_id!r}"
+            )
         return self.dir / f"{request_id}.json"
 
     def submit(self, request: DeletionRequest) -> DeletionRequest:
@@ -268,7 +277,9 @@ class DeletionQueue:
         try:
             payload = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise DeletionRequestError(f"request file {path} is not valid JSON ({err}); restore it from backup") from err
+            raise DeletionRequestError(
+                f"request file {path} is not valid JSON ({err}); restore it from backup"
+            ) from err
         if isinstance(payload, dict) and CHECKSUM_FIELD in payload:
             expected = payload.pop(CHECKSUM_FIELD)
             if _body_sha256(payload) != expected:
@@ -289,6 +300,7 @@ class DeletionQueue:
         return sorted(requests, key=lambda r: (r.created_at, r.request_id))
 
     def pending(self) -> list[DeletionRequest]:
+        """Requests not served yet, oldest first."""
         return [r for r in self.all() if r.status == "pending"]
 
     def record_failure(self, request_id: str, reason: str) -> DeletionRequest:

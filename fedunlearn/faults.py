@@ -53,8 +53,18 @@ PLAN_ENV: Final = "FEDUNLEARN_FAULT_PLAN"
 ENABLE_ENV: Final = "FEDUNLEARN_ENABLE_FAULT_INJECTION"
 ENABLE_TOKEN: Final = "yes-break-this-node-for-testing"
 COUNTS_DIR: Final = "fault-injection"
-TARGETS: Final = ("status", "train", "evaluate", "fisher", "forget", "remain", "verify", "commit",
-                  "snapshot", "restore")
+TARGETS: Final = (
+    "status",
+    "train",
+    "evaluate",
+    "fisher",
+    "forget",
+    "remain",
+    "verify",
+    "commit",
+    "snapshot",
+    "restore",
+)
 #: Actions applied before the handler runs, and after it (to its reply).
 BEFORE_ACTIONS: Final = ("error", "crash", "hang")
 AFTER_ACTIONS: Final = ("lost", "nan", "inf", "shape", "extra-key", "missing-key", "garbage")
@@ -89,8 +99,9 @@ def parse_plan(text: str) -> tuple[FaultRule, ...]:
         try:
             rules.append(_parse_rule(raw))
         except ValueError as err:
-            problems.append(f"fault-plan entry {raw!r}: {err}; expected TARGET:ACTION:COUNT[:SKIP], "
-                            "e.g. 'forget:error:2'")
+            problems.append(
+                f"fault-plan entry {raw!r}: {err}; expected TARGET:ACTION:COUNT[:SKIP], e.g. 'forget:error:2'"
+            )
     if problems:
         raise ConfigError(problems)
     return tuple(rules)
@@ -108,16 +119,18 @@ def _parse_rule(raw: str) -> FaultRule:
         if not (math.isfinite(seconds) and seconds > 0):
             raise ValueError(f"hang needs a number of seconds > 0, got {raw!r}")
     if action not in BEFORE_ACTIONS + AFTER_ACTIONS or (action == "hang" and seconds == 0.0):
-        raise ValueError(f"unknown action {action!r} (one of {', '.join(BEFORE_ACTIONS[:2] + AFTER_ACTIONS)}, "
-                         "hang=SECONDS)")
+        raise ValueError(
+            f"unknown action {action!r} (one of {', '.join(BEFORE_ACTIONS[:2] + AFTER_ACTIONS)}, hang=SECONDS)"
+        )
     count, skip = int(parts[2]), int(parts[3]) if len(parts) == 4 else 0
     if count < 1 or skip < 0:
         raise ValueError(f"COUNT must be >= 1 and SKIP >= 0, got {count} and {skip}")
     return FaultRule(target, action, count, skip, seconds)
 
 
-def plan_text_for(node_config: Mapping[str, object], partition_id: int | None,
-                  environ: Mapping[str, str] | None = None) -> str | None:
+def plan_text_for(
+    node_config: Mapping[str, object], partition_id: int | None, environ: Mapping[str, str] | None = None
+) -> str | None:
     """The plan this node runs (node_config first, else its entry of ``FEDUNLEARN_FAULT_PLAN``).
 
     Raises FedUnlearnError if a plan is set but ``FEDUNLEARN_ENABLE_FAULT_INJECTION`` does

@@ -91,8 +91,11 @@ def is_retained_round(server_round: int, *, interval: int = RETAIN_INTERVAL) -> 
 
 def client_update(client_state: TensorMap, global_state: TensorMap) -> Delta:
     """``U_k = w_k - M`` over the floating-point entries of ``global_state`` (float32)."""
-    return {k: client_state[k].detach().float().cpu() - v.detach().float().cpu()
-            for k, v in global_state.items() if v.is_floating_point()}
+    return {
+        k: client_state[k].detach().float().cpu() - v.detach().float().cpu()
+        for k, v in global_state.items()
+        if v.is_floating_point()
+    }
 
 
 def calibrate(stored: TensorMap, fresh: TensorMap, *, per_layer: bool = True) -> Delta:
@@ -106,8 +109,10 @@ def calibrate(stored: TensorMap, fresh: TensorMap, *, per_layer: bool = True) ->
     """
     if set(stored) != set(fresh):
         only_stored, only_fresh = sorted(set(stored) - set(fresh)), sorted(set(fresh) - set(stored))
-        raise UnlearningError(f"calibration needs the same entries in both updates; only in the stored one: "
-                              f"{only_stored[:5]}, only in the fresh one: {only_fresh[:5]}")
+        raise UnlearningError(
+            f"calibration needs the same entries in both updates; only in the stored one: "
+            f"{only_stored[:5]}, only in the fresh one: {only_fresh[:5]}"
+        )
     if per_layer:
         return {k: _rescale(fresh[k].float(), _norm([stored[k]]), _norm([fresh[k]])) for k in stored}
     length, fresh_norm = _norm(stored.values()), _norm(fresh.values())
@@ -138,8 +143,10 @@ def calibration_steps(
     8
     """
     if num_examples < 0 or batch_size < 1 or local_epochs < 1 or not 0 < ratio <= 1:
-        raise ValueError(f"need num_examples >= 0, batch_size >= 1, local_epochs >= 1 and ratio in (0, 1]; got "
-                         f"{num_examples}, {batch_size}, {local_epochs}, {ratio}")
+        raise ValueError(
+            f"need num_examples >= 0, batch_size >= 1, local_epochs >= 1 and ratio in (0, 1]; got "
+            f"{num_examples}, {batch_size}, {local_epochs}, {ratio}"
+        )
     return max(1, math.ceil(ratio * local_epochs * math.ceil(num_examples / batch_size)))
 
 
@@ -169,9 +176,14 @@ class LoggedRound:
 
     def to_json(self) -> dict[str, object]:
         """Return the manifest's content."""
-        return {"round": self.round, "global": vars(self.global_file),
-                "clients": [{"partition_id": p, "num_examples": self.num_examples[p], **vars(f)}
-                            for p, f in sorted(self.clients.items())]}
+        return {
+            "round": self.round,
+            "global": vars(self.global_file),
+            "clients": [
+                {"partition_id": p, "num_examples": self.num_examples[p], **vars(f)}
+                for p, f in sorted(self.clients.items())
+            ],
+        }
 
     @staticmethod
     def from_json(data: Mapping[str, object]) -> LoggedRound:
@@ -207,8 +219,9 @@ class UpdateLog:
     def _folder(self, server_round: int) -> Path:
         return self.root / f"{ROUND_PREFIX}{server_round:06d}"
 
-    def write_round(self, server_round: int, *, global_state: TensorMap,
-                    updates: Iterable[tuple[int, int, TensorMap]]) -> LoggedRound:
+    def write_round(
+        self, server_round: int, *, global_state: TensorMap, updates: Iterable[tuple[int, int, TensorMap]]
+    ) -> LoggedRound:
         """Store ``M^r`` and each ``(partition_id, num_examples, U_k^r)``, then the manifest.
 
         One file at a time (the updates are streamed from ``updates``); the manifest is the
@@ -248,9 +261,11 @@ class UpdateLog:
             try:
                 entries.append(LoggedRound.from_json(json.loads(manifest.read_text(encoding="utf-8"))))
             except (ValueError, KeyError, TypeError) as err:
-                raise HistoryCorruptedError(f"FedEraser log manifest {manifest} is unreadable ({err}); the log cannot "
-                                            f"reconstruct the model: delete {self.root} (FedEraser then has "
-                                            "nothing to reconstruct from)") from err
+                raise HistoryCorruptedError(
+                    f"FedEraser log manifest {manifest} is unreadable ({err}); the log cannot "
+                    f"reconstruct the model: delete {self.root} (FedEraser then has "
+                    "nothing to reconstruct from)"
+                ) from err
         return sorted(entries, key=lambda e: e.round)
 
     def _load(self, server_round: int, entry: LoggedFile) -> StateDict:
@@ -261,8 +276,10 @@ class UpdateLog:
             raise HistoryCorruptedError(f"FedEraser log file {path} cannot be read: {err}") from err
         digest = hashlib.sha256(data).hexdigest()
         if digest != entry.sha256:
-            raise HistoryCorruptedError(f"FedEraser log file {path} has SHA-256 {digest[:12]}..., the manifest "
-                                        f"expects {entry.sha256[:12]}...; the file was changed or truncated")
+            raise HistoryCorruptedError(
+                f"FedEraser log file {path} has SHA-256 {digest[:12]}..., the manifest "
+                f"expects {entry.sha256[:12]}...; the file was changed or truncated"
+            )
         loaded: StateDict = torch.load(io.BytesIO(data), weights_only=True)
         return loaded
 
@@ -273,8 +290,9 @@ class UpdateLog:
     def load_update(self, entry: LoggedRound, partition_id: int) -> Delta:
         """``U_k^{t_j}`` of one client, checksum-verified."""
         if partition_id not in entry.clients:
-            raise KeyError(f"round {entry.round} holds no update of client {partition_id}; "
-                           f"it has {sorted(entry.clients)}")
+            raise KeyError(
+                f"round {entry.round} holds no update of client {partition_id}; it has {sorted(entry.clients)}"
+            )
         return self._load(entry.round, entry.clients[partition_id])
 
     def remove_client(self, partition_id: int) -> int:
@@ -284,9 +302,12 @@ class UpdateLog:
             if partition_id not in entry.clients:
                 continue
             gone = entry.clients[partition_id]
-            kept = LoggedRound(entry.round, entry.global_file,
-                               {p: f for p, f in entry.clients.items() if p != partition_id},
-                               {p: n for p, n in entry.num_examples.items() if p != partition_id})
+            kept = LoggedRound(
+                entry.round,
+                entry.global_file,
+                {p: f for p, f in entry.clients.items() if p != partition_id},
+                {p: n for p, n in entry.num_examples.items() if p != partition_id},
+            )
             write_json_atomic(self._folder(entry.round) / MANIFEST, kept.to_json())
             (self._folder(entry.round) / gone.name).unlink(missing_ok=True)
             freed += gone.bytes
@@ -320,8 +341,9 @@ class Reconstruction:
     clients: dict[int, list[int]] = field(default_factory=dict)  # round -> partition ids aggregated
 
 
-def reconstruct(log: UpdateLog, *, excluded: set[int], calibrate_round: CalibrationFn,
-                per_layer: bool = True) -> Reconstruction:
+def reconstruct(
+    log: UpdateLog, *, excluded: set[int], calibrate_round: CalibrationFn, per_layer: bool = True
+) -> Reconstruction:
     """Rebuild the global model without the clients in ``excluded`` (FedEraser steps 1-4).
 
     Starts from the first retained round's global model. For each retained round: the
@@ -347,8 +369,10 @@ def reconstruct(log: UpdateLog, *, excluded: set[int], calibrate_round: Calibrat
             fresh = calibrate_round(entry.round, theta, remaining)
             unknown = sorted(set(fresh) - set(remaining))
             if not fresh or unknown:
-                raise UnlearningError(f"FedEraser round {entry.round}: calibration returned clients {sorted(fresh)}, "
-                                      f"expected a non-empty subset of {remaining}")
+                raise UnlearningError(
+                    f"FedEraser round {entry.round}: calibration returned clients {sorted(fresh)}, "
+                    f"expected a non-empty subset of {remaining}"
+                )
             updates = {p: calibrate(log.load_update(entry, p), fresh[p], per_layer=per_layer) for p in sorted(fresh)}
             result.calibrated.append(entry.round)
         step = aggregate_updates(list(updates.values()), [entry.num_examples[p] for p in updates])

@@ -49,6 +49,7 @@ class RunResults:
     summary: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The results as plain JSON-ready data."""
         return dataclasses.asdict(self)
 
     def write(self, path: str | os.PathLike[str]) -> Path:

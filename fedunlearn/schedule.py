@@ -46,7 +46,8 @@ class ScheduledDeletion:
         if self.kind == "client":
             return candidates
         if self.kind == "class":
-            return candidates[np.asarray(labels) == self.label]
+            selected: SampleIds = candidates[np.asarray(labels) == self.label]
+            return selected
         assert self.amount is not None
         count = int(self.amount) if self.amount >= 1 else max(1, int(round(self.amount * len(candidates))))
         rng = np.random.default_rng([seed, self.round, self.partition_id, 7919])
@@ -67,7 +68,9 @@ def parse_schedule(text: str, *, num_clients: int | None = None) -> tuple[Schedu
         try:
             entries.append(_parse_entry(raw, num_clients))
         except (ValueError, IndexError) as err:
-            problems.append(f"deletion-schedule entry {raw!r}: {err}; expected ROUND:CLIENT:KIND[:ARG], e.g. '3:1:sample:0.1'")
+            problems.append(
+                f"deletion-schedule entry {raw!r}: {err}; expected ROUND:CLIENT:KIND[:ARG], e.g. '3:1:sample:0.1'"
+            )
     if problems:
         raise ConfigError(problems)
     return tuple(entries)

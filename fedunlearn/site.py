@@ -65,8 +65,15 @@ class ClientSite:
     """One client: data share, deletion queue and update history under ``state_dir``."""
 
     def __init__(
-        self, *, config: FederationConfig, partition_id: int, state_dir: str | Path, lineage: str,
-        dataset: IndexedDataset, test: IndexedDataset, input_shape: tuple[int, ...],
+        self,
+        *,
+        config: FederationConfig,
+        partition_id: int,
+        state_dir: str | Path,
+        lineage: str,
+        dataset: IndexedDataset,
+        test: IndexedDataset,
+        input_shape: tuple[int, ...],
     ) -> None:
         self.config, self.partition_id = config, partition_id
         self.state_dir = Path(state_dir)
@@ -81,11 +88,21 @@ class ClientSite:
         data = build_federated_data(config.data, seed=config.seed)
         dataset = data.client_train(partition_id)
         if config.backdoor.client == partition_id:
-            dataset = poison(dataset, fraction=config.backdoor.fraction, target_label=config.backdoor.target,
-                             pattern=TriggerPattern(size=config.backdoor.trigger_size), seed=config.seed)
+            dataset = poison(
+                dataset,
+                fraction=config.backdoor.fraction,
+                target_label=config.backdoor.target,
+                pattern=TriggerPattern(size=config.backdoor.trigger_size),
+                seed=config.seed,
+            )
         return cls(
-            config=config, partition_id=partition_id, state_dir=state_dir, lineage=lineage,
-            dataset=dataset, test=data.test, input_shape=data.bundle.input_shape,
+            config=config,
+            partition_id=partition_id,
+            state_dir=state_dir,
+            lineage=lineage,
+            dataset=dataset,
+            test=data.test,
+            input_shape=data.bundle.input_shape,
         )
 
     # ------------------------------------------------------------------------ files
@@ -99,9 +116,13 @@ class ClientSite:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         labels = self.dataset.labels.numpy().astype(np.int64)
         values, counts = np.unique(labels, return_counts=True)
-        info = {"dataset": self.config.data.dataset, "partition_id": self.partition_id,
-                "num_samples": len(self.dataset), "num_classes": self.dataset.num_classes,
-                "class_counts": {str(int(v)): int(c) for v, c in zip(values, counts, strict=True)}}
+        info = {
+            "dataset": self.config.data.dataset,
+            "partition_id": self.partition_id,
+            "num_samples": len(self.dataset),
+            "num_classes": self.dataset.num_classes,
+            "class_counts": {str(int(v)): int(c) for v, c in zip(values, counts, strict=True)},
+        }
         site_path, labels_path = self.state_dir / SITE_FILE, self.state_dir / SAMPLE_LABELS_FILE
         stale = not site_path.exists() or not labels_path.exists()
         if stale or json.loads(site_path.read_text(encoding="utf-8")) != info:
@@ -111,6 +132,7 @@ class ClientSite:
 
     @property
     def history_dir(self) -> Path:
+        """Where this lineage's pruned history lives."""
         return self.state_dir / "history" / self.lineage
 
     @property
@@ -129,8 +151,9 @@ class ClientSite:
     def history(self, model: nn.Module, *, full: bool = False) -> HistoryStore:
         """This lineage's history store (created on first use); ``full``: the dense companion."""
         if full:
-            return HistoryStore.for_model(self.full_history_dir, model=model,
-                                          config=dataclasses.replace(self.config.history, keep_ratio=1.0))
+            return HistoryStore.for_model(
+                self.full_history_dir, model=model, config=dataclasses.replace(self.config.history, keep_ratio=1.0)
+            )
         return HistoryStore.for_model(self.history_dir, model=model, config=self.config.history)
 
     def history_stores(self, model: nn.Module) -> list[HistoryStore]:
@@ -189,8 +212,12 @@ class ClientSite:
         store = self.history(model)
         full = self.history(model, full=True) if self.config.history.record_full else None
         with contextlib.ExitStack() as stack:
-            recorder = stack.enter_context(store.record_round(server_round, generator=torch.Generator().manual_seed(seed)))
-            observer = recorder if full is None else FanOut(recorder, stack.enter_context(full.record_round(server_round)))
+            recorder = stack.enter_context(
+                store.record_round(server_round, generator=torch.Generator().manual_seed(seed))
+            )
+            observer = (
+                recorder if full is None else FanOut(recorder, stack.enter_context(full.record_round(server_round)))
+            )
             result = train_local(model, data, config=self.config.train, seed=seed, observer=observer)
         usage = store.usage()
         round_bytes = next((r.bytes for r in usage.rounds if r.round == server_round), 0)

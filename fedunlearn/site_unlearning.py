@@ -28,13 +28,13 @@ from fedunlearn.atomic import write_bytes_atomic
 from fedunlearn.config import UnlearnConfig
 from fedunlearn.deletion import DeletionReceipt, DeletionRequest, ids_digest
 from fedunlearn.errors import DeletionRequestError
-from fedunlearn.metrics import accuracy, mia_efficacy
 from fedunlearn.history import HistoryStore
+from fedunlearn.metrics import accuracy, mia_efficacy
 from fedunlearn.site import ClientSite, round_seed
 from fedunlearn.types import Delta, SampleIds, StateDict
 from fedunlearn.unlearning import Correction, Cost, ForgetRetainSplit, SFROnSession, UnlearnContext, get_method
-from fedunlearn.unlearning.remain import remain_steps
 from fedunlearn.unlearning.common import method_needs_retain
+from fedunlearn.unlearning.remain import remain_steps
 from fedunlearn.unlearning.saliency import build_saliency_mask, diagonal_fisher
 
 logger = logging.getLogger(__name__)
@@ -63,13 +63,13 @@ def resolve_request(site: ClientSite, request: DeletionRequest) -> SampleIds:
         return ids
     retained = site.retained()
     if request.kind == "class":
-        ids = retained.ids()[retained.labels.numpy() == request.label]
-        if len(ids) == 0:
+        of_class: SampleIds = retained.ids()[retained.labels.numpy() == request.label]
+        if len(of_class) == 0:
             raise DeletionRequestError(
                 f"this client holds no (remaining) samples of class {request.label}; classes held: "
                 f"{sorted(set(retained.labels.tolist()))}"
             )
-        return ids
+        return of_class
     return retained.ids()
 
 
@@ -95,7 +95,11 @@ class FastResult:
 
 
 def fast_correction(
-    site: ClientSite, state: StateDict, request: DeletionRequest, *, outer_step: int,
+    site: ClientSite,
+    state: StateDict,
+    request: DeletionRequest,
+    *,
+    outer_step: int,
     remain_fisher: dict[str, torch.Tensor] | None,
 ) -> FastResult:
     """The forgetting client's change at ``outer_step`` (0-based), from the global ``state``.
@@ -122,8 +126,14 @@ def fast_correction(
         # batches (and so already subtracted): nothing is left to undo.
         correction = _zero(config.method, state, "no stored step holds these samples; the slow steps do the rest")
     else:
-        context = UnlearnContext(history=history, history_weighted=True, train_config=site.config.train, seed=seed,
-                                 remain_fisher=remain_fisher, model_factory=site.build_model)
+        context = UnlearnContext(
+            history=history,
+            history_weighted=True,
+            train_config=site.config.train,
+            seed=seed,
+            remain_fisher=remain_fisher,
+            model_factory=site.build_model,
+        )
         correction = get_method(config.method)(model, split=split, config=config, context=context)
     return FastResult(correction, fa_before, len(split.forget), len(split.retain))
 
@@ -142,8 +152,13 @@ def _history_for(site: ClientSite, model: torch.nn.Module, method: str) -> Histo
 
 
 def _sfr_fast_share(
-    site: ClientSite, model: torch.nn.Module, split: ForgetRetainSplit, request: DeletionRequest, outer_step: int,
-    remain_fisher: dict[str, torch.Tensor] | None, seed: int,
+    site: ClientSite,
+    model: torch.nn.Module,
+    split: ForgetRetainSplit,
+    request: DeletionRequest,
+    outer_step: int,
+    remain_fisher: dict[str, torch.Tensor] | None,
+    seed: int,
 ) -> Correction:
     """Outer step s runs SFR-on iterations ``[s*n, (s+1)*n)`` (n = sfr_iters / outer_steps):
     their forget steps here, their remain steps on the other clients (the slow part).
@@ -162,11 +177,16 @@ def _sfr_fast_share(
         if t % config.forget_freq == 0:
             session.forget_step(t)
     cost = Cost(seconds=time.perf_counter() - start, forward_backward=session.forget_steps, extra=saliency_info)
-    return Correction("sfr_on", session.delta(), cost, {"iterations": [outer_step * per_step, (outer_step + 1) * per_step]})
+    return Correction(
+        "sfr_on", session.delta(), cost, {"iterations": [outer_step * per_step, (outer_step + 1) * per_step]}
+    )
 
 
 def _phase_mask(
-    site: ClientSite, model: torch.nn.Module, split: ForgetRetainSplit, request: DeletionRequest,
+    site: ClientSite,
+    model: torch.nn.Module,
+    split: ForgetRetainSplit,
+    request: DeletionRequest,
     remain_fisher: dict[str, torch.Tensor] | None,
 ) -> tuple[dict[str, torch.Tensor] | None, dict[str, float]]:
     path = site.state_dir / "unlearning" / f"{request.request_id}.mask.pt"
@@ -178,8 +198,11 @@ def _phase_mask(
         buffer = io.BytesIO()
         torch.save(result.mask, buffer)
         write_bytes_atomic(path, buffer.getvalue())
-    return result.mask, {"mask_fraction": result.fraction, "fisher_seconds": result.seconds,
-                         "fisher_forget_batches": float(result.forget_batches)}
+    return result.mask, {
+        "mask_fraction": result.fraction,
+        "fisher_seconds": result.seconds,
+        "fisher_forget_batches": float(result.forget_batches),
+    }
 
 
 def phase_seed(site: ClientSite, request: DeletionRequest, outer_step: int) -> int:
@@ -188,23 +211,33 @@ def phase_seed(site: ClientSite, request: DeletionRequest, outer_step: int) -> i
     return round_seed(site.config.seed + digest, site.partition_id, 100_000 + outer_step)
 
 
-def remain_correction(site: ClientSite, state: StateDict, *, steps: int, seed: int, exclude: SampleIds | None = None) -> tuple[Delta, int]:
+def remain_correction(
+    site: ClientSite, state: StateDict, *, steps: int, seed: int, exclude: SampleIds | None = None
+) -> tuple[Delta, int]:
     """K CE steps on this client's retained data (minus ``exclude``) from ``state``; returns
     the change and how many samples it drew from (the FedAvg weight of the slow step)."""
     retained = site.retained()
     if exclude is not None and len(exclude):
         retained = retained.without_ids(exclude)
     train = site.config.train
-    delta = remain_steps(site.build_model(state), retained, steps=steps, lr=train.lr, batch_size=train.batch_size,
-                         seed=seed, momentum=train.momentum)
+    delta = remain_steps(
+        site.build_model(state),
+        retained,
+        steps=steps,
+        lr=train.lr,
+        batch_size=train.batch_size,
+        seed=seed,
+        momentum=train.momentum,
+    )
     return delta, len(retained)
 
 
 def remain_fisher(site: ClientSite, state: StateDict) -> tuple[dict[str, torch.Tensor], int]:
     """Diagonal Fisher of CE on this client's retained data (at most FISHER_MAX_BATCHES batches)."""
     retained = site.retained()
-    fisher = diagonal_fisher(site.build_model(state), retained, batch_size=site.config.unlearn.batch_size,
-                             max_batches=FISHER_MAX_BATCHES)
+    fisher = diagonal_fisher(
+        site.build_model(state), retained, batch_size=site.config.unlearn.batch_size, max_batches=FISHER_MAX_BATCHES
+    )
     return fisher, len(retained)
 
 
@@ -232,8 +265,9 @@ def commit(site: ClientSite, request: DeletionRequest, receipt: DeletionReceipt)
     Returns the completed receipt and the number of purged history steps.
     """
     ids = resolve_request(site, request)
-    final = dataclasses.replace(receipt, request_id=request.request_id, kind=request.kind, num_samples=len(ids),
-                                ids_sha256=ids_digest(ids))
+    final = dataclasses.replace(
+        receipt, request_id=request.request_id, kind=request.kind, num_samples=len(ids), ids_sha256=ids_digest(ids)
+    )
     site.queue.begin_commit(request.request_id, resolved_ids=ids, receipt=final)
     purged = _finish_commit(site, request, ids)
     return final, purged
@@ -242,7 +276,9 @@ def commit(site: ClientSite, request: DeletionRequest, receipt: DeletionReceipt)
 def _finish_commit(site: ClientSite, request: DeletionRequest, ids: SampleIds) -> int:
     purged = sum(store.purge(ids) for store in site.history_stores(site.build_model()))
     site.queue.finish_commit(request.request_id)
-    logger.info("served %s (%s, %d samples, %d history steps purged)", request.request_id, request.kind, len(ids), purged)
+    logger.info(
+        "served %s (%s, %d samples, %d history steps purged)", request.request_id, request.kind, len(ids), purged
+    )
     return purged
 
 

@@ -25,9 +25,11 @@ class StepObserver(Protocol):
     (ALGORITHMS.md, "Update history"), so momentum and weight decay are included.
     """
 
-    def before_step(self, model: nn.Module) -> None: ...
+    def before_step(self, model: nn.Module) -> None:
+        """Called right before ``optimizer.step()``."""
 
-    def after_step(self, model: nn.Module, sample_ids: torch.Tensor) -> None: ...
+    def after_step(self, model: nn.Module, sample_ids: torch.Tensor) -> None:
+        """Called right after ``optimizer.step()`` with the batch's sample ids."""
 
 
 class FanOut:
@@ -38,10 +40,12 @@ class FanOut:
         self.observers = observers
 
     def before_step(self, model: nn.Module) -> None:
+        """Forward to every observer."""
         for observer in self.observers:
             observer.before_step(model)
 
     def after_step(self, model: nn.Module, sample_ids: torch.Tensor) -> None:
+        """Forward to every observer."""
         for observer in self.observers:
             observer.after_step(model, sample_ids)
 
@@ -100,7 +104,7 @@ def train_local(
             loss = nn.functional.cross_entropy(model(batch.inputs), batch.labels)
             if not math.isfinite(loss.item()):
                 raise TrainingError(f"training loss became {loss.item()} at step {steps}; lower the learning rate")
-            loss.backward()
+            torch.autograd.backward(loss)
             if observer is not None:
                 observer.before_step(model)
             optimizer.step()

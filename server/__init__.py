@@ -1,0 +1,1 @@
+"""Flower ServerApp of fedunlearn: strategy, main loop and unlearning phases."""

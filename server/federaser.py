@@ -39,6 +39,7 @@ from fedunlearn.federaser import (
 )
 from fedunlearn.types import Delta, StateDict
 from server.loop import ServerState
+from server.replies import metric
 from server.unlearning_phase import (
     Exchange,
     PhaseAborted,
@@ -77,23 +78,40 @@ def record_round(state: ServerState, server_round: int, global_before: ArrayReco
     start, strategy = time.perf_counter(), state.strategy
     before = global_before.to_torch_state_dict()
     updates = (
-        (strategy.partition_of[m.metadata.src_node_id],
-         int(m.content.metric_records[protocol.METRICS][protocol.NUM_EXAMPLES]),  # type: ignore[arg-type]
-         client_update(m.content.array_records[protocol.ARRAYS].to_torch_state_dict(), before))
+        (
+            strategy.partition_of[m.metadata.src_node_id],
+            int(m.content.metric_records[protocol.METRICS][protocol.NUM_EXAMPLES]),  # type: ignore[arg-type]
+            client_update(m.content.array_records[protocol.ARRAYS].to_torch_state_dict(), before),
+        )
         for m in strategy.last_train_replies
     )
     store = update_log(state)
     entry = store.write_round(server_round, global_state=before, updates=updates)
     total = store.disk_bytes()
-    state.results.events.append({"type": "federaser-log", "round": server_round, "clients": sorted(entry.clients),
-                                 "bytes": entry.bytes, "total_bytes": total, "seconds": time.perf_counter() - start})
-    log(INFO, "[FEDERASER] round %d: kept %d client update(s), %d bytes (log: %d bytes)", server_round,
-        len(entry.clients), entry.bytes, total)
+    state.results.events.append(
+        {
+            "type": "federaser-log",
+            "round": server_round,
+            "clients": sorted(entry.clients),
+            "bytes": entry.bytes,
+            "total_bytes": total,
+            "seconds": time.perf_counter() - start,
+        }
+    )
+    log(
+        INFO,
+        "[FEDERASER] round %d: kept %d client update(s), %d bytes (log: %d bytes)",
+        server_round,
+        len(entry.clients),
+        entry.bytes,
+        total,
+    )
 
 
 @register_phase_runner(METHOD, setup=attach_update_log)
-def run_federaser_phase(grid: Grid, state: ServerState, *, node_id: int, request_id: str,
-                        server_round: int) -> PhaseOutcome:
+def run_federaser_phase(
+    grid: Grid, state: ServerState, *, node_id: int, request_id: str, server_round: int
+) -> PhaseOutcome:
     """Serve a client-level request by reconstruction (defer any other kind), verify, commit."""
     pid = state.strategy.partition_of.get(node_id, -1)
     start, stats = time.perf_counter(), PhaseStats()
@@ -110,19 +128,34 @@ def run_federaser_phase(grid: Grid, state: ServerState, *, node_id: int, request
     except (PhaseAborted, UnlearningError, HistoryError) as err:
         log(WARNING, "[UNLEARN] request %s deferred, global model unchanged: %s", request_id, err)
         return PhaseOutcome(request_id, pid, "deferred", str(err), time.perf_counter() - start, stats)
-    metrics.update(log_bytes=float(log_bytes), log_rounds=float(len(rebuilt.rounds)),
-                   calibrated_rounds=float(len(rebuilt.calibrated)), calibration_steps=float(steps))
+    metrics.update(
+        log_bytes=float(log_bytes),
+        log_rounds=float(len(rebuilt.rounds)),
+        calibrated_rounds=float(len(rebuilt.calibrated)),
+        calibration_steps=float(steps),
+    )
     return _apply_and_commit(grid, state, node_id, request_id, server_round, rebuilt, metrics, stats, start)
 
 
 def _probe_kind(grid: Grid, state: ServerState, node_id: int, request_id: str, stats: PhaseStats) -> str | None:
     """Why the request is not client-level (the client reports RA on data it keeps), or None."""
     arrays, config = state.arrays, ConfigRecord({protocol.REQUEST_ID: request_id})
-    reply = exchange(grid, state, Exchange("probe", [node_id], lambda n: state.strategy.build_message(
-        n, protocol.EVALUATE_VERIFY, arrays=arrays, config=config), required=True), stats)[node_id]
-    if protocol.RA in reply.content[protocol.METRICS]:
-        return ("FedEraser removes whole clients; this request leaves the client retained data (a sample- or "
-                "class-level deletion): use another method for sample/class deletion")
+    reply = exchange(
+        grid,
+        state,
+        Exchange(
+            "probe",
+            [node_id],
+            lambda n: state.strategy.build_message(n, protocol.EVALUATE_VERIFY, arrays=arrays, config=config),
+            required=True,
+        ),
+        stats,
+    )[node_id]
+    if protocol.RA in reply.content.metric_records[protocol.METRICS]:
+        return (
+            "FedEraser removes whole clients; this request leaves the client retained data (a sample- or "
+            "class-level deletion): use another method for sample/class deletion"
+        )
     return None
 
 
@@ -142,38 +175,77 @@ def _reconstruct(grid: Grid, state: ServerState, node_id: int, stats: PhaseStats
         nonlocal total_steps
         online = set(strategy.active_nodes(grid))
         nodes = [node_of[p] for p in pids if node_of.get(p) in online]
-        steps = {node_of[p]: calibration_steps(num_examples=counts[server_round][p], batch_size=train.batch_size,
-                                               local_epochs=train.local_epochs) for p in pids if p in node_of}
+        steps = {
+            node_of[p]: calibration_steps(
+                num_examples=counts[server_round][p], batch_size=train.batch_size, local_epochs=train.local_epochs
+            )
+            for p in pids
+            if p in node_of
+        }
         arrays = ArrayRecord(theta)
-        replies = exchange(grid, state, Exchange(
-            f"calibrate round {server_round}", nodes,
-            lambda n: _calibration_message(state, n, arrays, steps[n], server_round), required=False), stats)
-        usable = {strategy.partition_of[n]: r for n, r in replies.items()
-                  if float(r.content[protocol.METRICS][protocol.NUM_EXAMPLES]) > 0}  # type: ignore[arg-type]
+        replies = exchange(
+            grid,
+            state,
+            Exchange(
+                f"calibrate round {server_round}",
+                nodes,
+                lambda n: _calibration_message(state, n, arrays, steps[n], server_round),
+                required=False,
+            ),
+            stats,
+        )
+        usable = {strategy.partition_of[n]: r for n, r in replies.items() if metric(r, protocol.NUM_EXAMPLES) > 0}
         if not usable:
             raise PhaseAborted(f"calibration of round {server_round}: no remaining client answered")
         total_steps += sum(steps[node_of[p]] for p in usable)
         return {p: dict(r.content.array_records[protocol.ARRAYS].to_torch_state_dict()) for p, r in usable.items()}
 
     rebuilt = reconstruct(store, excluded=excluded, calibrate_round=calibrate_round)
-    log(INFO, "[UNLEARN] FedEraser rebuilt the model from %d retained round(s) (%d calibrated) without client(s) %s",
-        len(rebuilt.rounds), len(rebuilt.calibrated), sorted(excluded))
+    log(
+        INFO,
+        "[UNLEARN] FedEraser rebuilt the model from %d retained round(s) (%d calibrated) without client(s) %s",
+        len(rebuilt.rounds),
+        len(rebuilt.calibrated),
+        sorted(excluded),
+    )
     return rebuilt, total_steps
 
 
 def _calibration_message(state: ServerState, node: int, arrays: ArrayRecord, steps: int, server_round: int) -> Message:
     """``train.remain``: ``steps`` local CE steps from the rebuilt model (FedEraser's calibration training)."""
     pid = state.strategy.partition_of.get(node, 0)
-    config = ConfigRecord({protocol.REMAIN_STEPS: steps, protocol.STEP: server_round,
-                           protocol.SEED: state.config.seed * 7919 + server_round * 101 + pid})
+    config = ConfigRecord(
+        {
+            protocol.REMAIN_STEPS: steps,
+            protocol.STEP: server_round,
+            protocol.SEED: state.config.seed * 7919 + server_round * 101 + pid,
+        }
+    )
     return state.strategy.build_message(node, protocol.TRAIN_REMAIN, arrays=arrays, config=config)
 
 
-def _apply_and_commit(grid: Grid, state: ServerState, node_id: int, request_id: str, server_round: int,
-                      rebuilt: Reconstruction, metrics: dict[str, float], stats: PhaseStats,
-                      start: float) -> PhaseOutcome:
+def _apply_and_commit(
+    grid: Grid,
+    state: ServerState,
+    node_id: int,
+    request_id: str,
+    server_round: int,
+    rebuilt: Reconstruction,
+    metrics: dict[str, float],
+    stats: PhaseStats,
+    start: float,
+) -> PhaseOutcome:
     """Drop the forgotten client's stored updates (they come from its data), then the common tail."""
     metrics["log_bytes_freed"] = float(update_log(state).remove_client(state.strategy.partition_of.get(node_id, -1)))
-    return apply_and_commit(grid, state, node_id=node_id, request_id=request_id, server_round=server_round,
-                            theta=rebuilt.state, metrics=metrics, steps_run=len(rebuilt.rounds), stats=stats,
-                            start=start)
+    return apply_and_commit(
+        grid,
+        state,
+        node_id=node_id,
+        request_id=request_id,
+        server_round=server_round,
+        theta=rebuilt.state,
+        metrics=metrics,
+        steps_run=len(rebuilt.rounds),
+        stats=stats,
+        start=start,
+    )

@@ -62,10 +62,12 @@ def discover_nodes(grid: Grid, state: ServerState, *, wait_seconds: float) -> No
     deadline = time.monotonic() + wait_seconds
     while len(strategy.partition_of) < expected:
         unknown = [n for n in grid.get_node_ids() if n not in strategy.partition_of]
-        messages = [strategy.build_message(n, protocol.QUERY_STATUS, arrays=None, config=ConfigRecord()) for n in unknown]
+        messages = [
+            strategy.build_message(n, protocol.QUERY_STATUS, arrays=None, config=ConfigRecord()) for n in unknown
+        ]
         for reply in grid.send_and_receive(messages, timeout=min(60.0, wait_seconds)) if messages else []:
             if not reply.has_error():
-                status = reply.content[protocol.STATUS]
+                status = reply.content.config_records[protocol.STATUS]
                 strategy.partition_of[reply.metadata.src_node_id] = int(status[protocol.PARTITION_ID])  # type: ignore[arg-type]
         if len(strategy.partition_of) >= expected:
             break
@@ -77,7 +79,9 @@ def discover_nodes(grid: Grid, state: ServerState, *, wait_seconds: float) -> No
         time.sleep(1.0)
     pids = sorted(strategy.partition_of.values())
     if len(set(pids)) != len(pids):
-        raise FedUnlearnError(f"two nodes claim the same partition id: {pids}; give each SuperNode its own partition-id")
+        raise FedUnlearnError(
+            f"two nodes claim the same partition id: {pids}; give each SuperNode its own partition-id"
+        )
     log(INFO, "[HANDSHAKE] %d clients: partition ids %s", len(pids), pids)
 
 
@@ -85,7 +89,10 @@ def poll_status(grid: Grid, state: ServerState, server_round: int) -> None:
     """Ask active nodes for pending deletion requests (used after the last round)."""
     strategy = state.strategy
     config = ConfigRecord({protocol.SERVER_ROUND: server_round})
-    messages = [strategy.build_message(n, protocol.QUERY_STATUS, arrays=None, config=config) for n in strategy.active_nodes(grid)]
+    messages = [
+        strategy.build_message(n, protocol.QUERY_STATUS, arrays=None, config=config)
+        for n in strategy.active_nodes(grid)
+    ]
     strategy.note_status(grid.send_and_receive(messages, timeout=state.config.round_timeout))
 
 
@@ -120,8 +127,14 @@ def run_round(grid: Grid, state: ServerState, server_round: int, *, record: bool
     )
     if record:
         state.results.rounds.append(row)
-    log(INFO, "[ROUND %d] train loss %.4f | test acc %.4f | %.1f s", server_round, row.train_loss or float("nan"),
-        row.test_accuracy, row.seconds)
+    log(
+        INFO,
+        "[ROUND %d] train loss %.4f | test acc %.4f | %.1f s",
+        server_round,
+        row.train_loss or float("nan"),
+        row.test_accuracy,
+        row.seconds,
+    )
     return row
 
 
@@ -135,16 +148,18 @@ def client_records(strategy: UnlearningFedAvg, server_round: int) -> list[Client
     """Per-client rows of a round: weight, loss, history bytes (for the storage report)."""
     rows = []
     for message in strategy.last_train_replies:
-        node, metrics = message.metadata.src_node_id, message.content[protocol.METRICS]
-        rows.append(ClientRoundRecord(
-            partition_id=strategy.partition_of.get(node, -1),
-            num_examples=int(metrics[protocol.NUM_EXAMPLES]),  # type: ignore[arg-type]
-            weight=strategy.round_weights[node][server_round],
-            train_loss=float(metrics[protocol.TRAIN_LOSS]),  # type: ignore[arg-type]
-            history_bytes=int(metrics[protocol.HISTORY_BYTES]),  # type: ignore[arg-type]
-            history_dense_bytes=int(metrics[protocol.HISTORY_DENSE_BYTES]),  # type: ignore[arg-type]
-            history_round_bytes=int(metrics.get(protocol.HISTORY_ROUND_BYTES, 0)),  # type: ignore[arg-type]
-        ))
+        node, metrics = message.metadata.src_node_id, message.content.metric_records[protocol.METRICS]
+        rows.append(
+            ClientRoundRecord(
+                partition_id=strategy.partition_of.get(node, -1),
+                num_examples=int(metrics[protocol.NUM_EXAMPLES]),  # type: ignore[arg-type]
+                weight=strategy.round_weights[node][server_round],
+                train_loss=float(metrics[protocol.TRAIN_LOSS]),  # type: ignore[arg-type]
+                history_bytes=int(metrics[protocol.HISTORY_BYTES]),  # type: ignore[arg-type]
+                history_dense_bytes=int(metrics[protocol.HISTORY_DENSE_BYTES]),  # type: ignore[arg-type]
+                history_round_bytes=int(metrics.get(protocol.HISTORY_ROUND_BYTES, 0)),  # type: ignore[arg-type]
+            )
+        )
     return sorted(rows, key=lambda r: r.partition_id)
 
 
@@ -171,10 +186,13 @@ def save_outputs(state: ServerState) -> None:
     save_model(state, "model.pt")
     final = evaluate_global(state)
     state.results.summary.update(
-        final_test_accuracy=final.accuracy, final_test_loss=final.loss,
+        final_test_accuracy=final.accuracy,
+        final_test_loss=final.loss,
         train_seconds=sum(r.seconds for r in state.results.rounds),
         train_messages=sum(r.messages for r in state.results.rounds),
-        pending_requests={str(state.strategy.partition_of.get(n, -1)): ids for n, ids in state.strategy.announced.items() if ids},
+        pending_requests={
+            str(state.strategy.partition_of.get(n, -1)): ids for n, ids in state.strategy.announced.items() if ids
+        },
         unconfirmed_requests=sorted(state.awaiting_commit),
         departed_clients=sorted(state.strategy.partition_of[n] for n in state.strategy.departed),
     )

@@ -18,6 +18,7 @@ from flwr.app import Message
 
 from fedunlearn import protocol
 from fedunlearn.aggregation import check_state
+from fedunlearn.errors import ReplyError
 from server.loop import ServerState
 
 
@@ -93,3 +94,12 @@ EXPECT_REMAIN = Expect("correction", (protocol.NUM_EXAMPLES,))
 EXPECT_FISHER = Expect("parameters", (protocol.NUM_EXAMPLES,))
 EXPECT_VERIFY = Expect(None, (protocol.NUM_EXAMPLES, protocol.FA))
 EXPECT_COMMIT = Expect(None, (), receipt=True)
+
+
+def metric(reply: Message, key: str) -> float:
+    """A numeric metric of a reply that passed ``reply_problem`` (ReplyError otherwise)."""
+    metrics = reply.content.metric_records.get(protocol.METRICS)
+    value = metrics.get(key) if metrics is not None else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ReplyError(f"reply metric {key!r} must be a number, got {value!r}")
+    return float(value)

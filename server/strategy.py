@@ -63,18 +63,27 @@ class UnlearningFedAvg(FedAvg):
         rounds = sorted(weights)
         return ConfigRecord({protocol.ROUNDS: rounds, protocol.WEIGHTS: [weights[r] for r in rounds]})
 
-    def build_message(self, node_id: int, message_type: str, *, arrays: ArrayRecord | None, config: ConfigRecord) -> Message:
+    def build_message(
+        self, node_id: int, message_type: str, *, arrays: ArrayRecord | None, config: ConfigRecord
+    ) -> Message:
         """One message with the federation config and the node's round weights attached."""
-        content = RecordDict({protocol.CONFIG: ConfigRecord(dict(config)), protocol.FEDERATION: self.federation_record(),
-                              protocol.ROUND_WEIGHTS: self.weights_record(node_id)})
+        content = RecordDict(
+            {
+                protocol.CONFIG: ConfigRecord(dict(config)),
+                protocol.FEDERATION: self.federation_record(),
+                protocol.ROUND_WEIGHTS: self.weights_record(node_id),
+            }
+        )
         if arrays is not None:
-            content[protocol.ARRAYS] = arrays
+            content.array_records[protocol.ARRAYS] = arrays
         return Message(content=content, message_type=message_type, dst_node_id=node_id)
 
     def active_nodes(self, grid: Grid) -> list[int]:
         """Connected nodes that still take part (by partition id)."""
         online = set(grid.get_node_ids())
-        pairs = sorted((pid, nid) for nid, pid in self.partition_of.items() if nid in online and nid not in self.departed)
+        pairs = sorted(
+            (pid, nid) for nid, pid in self.partition_of.items() if nid in online and nid not in self.departed
+        )
         return [nid for _, nid in pairs]
 
     def sample_remaining(self, remaining: list[int], step: int, *, include: int | None) -> list[int]:
@@ -92,7 +101,7 @@ class UnlearningFedAvg(FedAvg):
         for message in replies:
             if message.has_error() or protocol.STATUS not in message.content.config_records:
                 continue
-            status = message.content[protocol.STATUS]
+            status = message.content.config_records[protocol.STATUS]
             self.announced[message.metadata.src_node_id] = [str(r) for r in status.get(protocol.REQUEST_IDS, [])]  # type: ignore[union-attr]
 
     def sample(self, server_round: int, fraction: float, grid: Grid) -> list[int]:
@@ -110,7 +119,9 @@ class UnlearningFedAvg(FedAvg):
         return [nid for _, nid in sorted(picked)]
 
     # --------------------------------------------------------------------------- hooks
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """Seeded sampling; each message carries the config and the node's round weights."""
         round_config = ConfigRecord({**dict(config), protocol.SERVER_ROUND: server_round})
         nodes = self.sample(server_round, self.fraction_train, grid)
@@ -118,7 +129,9 @@ class UnlearningFedAvg(FedAvg):
         log(INFO, "configure_train: round %d, %d of %d clients", server_round, len(nodes), len(self.partition_of))
         return [self.build_message(n, protocol.TRAIN, arrays=arrays, config=round_config) for n in nodes]
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """Evaluation messages also deliver the weights of the round just aggregated."""
         if self.fraction_evaluate == 0.0:
             return []
@@ -126,7 +139,9 @@ class UnlearningFedAvg(FedAvg):
         nodes = self.sample(server_round, self.fraction_evaluate, grid)
         return [self.build_message(n, protocol.EVALUATE, arrays=arrays, config=round_config) for n in nodes]
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Drop invalid replies, FedAvg the rest, and remember each node's weight."""
         replies = list(replies)
         self.note_status(replies)
@@ -137,7 +152,7 @@ class UnlearningFedAvg(FedAvg):
         if not valid:
             return None, None
         arrays, metrics = super().aggregate_train(server_round, valid)
-        counts = [float(m.content[protocol.METRICS][protocol.NUM_EXAMPLES]) for m in valid]
+        counts = [_num_examples(m) or 0.0 for m in valid]
         for message, weight in zip(valid, fedavg_weights(counts), strict=True):
             self.round_weights.setdefault(message.metadata.src_node_id, {})[server_round] = weight
         return arrays, metrics
@@ -156,7 +171,7 @@ class UnlearningFedAvg(FedAvg):
         """Replies fit to aggregate; errors and malformed content are logged and left out."""
         valid: list[Message] = []
         for message in replies:
-            if not message.has_error() and message.content.metric_records.get(protocol.METRICS, {}).get(protocol.NUM_EXAMPLES) == 0:
+            if not message.has_error() and _reports_no_data(message):
                 log(INFO, "Node %d has no retained data this round; left out", message.metadata.src_node_id)
                 continue
             problems = self.reply_problems(message)
@@ -174,11 +189,17 @@ class UnlearningFedAvg(FedAvg):
         # Exactly one of each, as FedAvg's consistency check demands (else it fails the whole round).
         if list(content.array_records) != [protocol.ARRAYS] or list(content.metric_records) != [protocol.METRICS]:
             return [f"expected records '{protocol.ARRAYS}' and '{protocol.METRICS}', got {list(content.keys())}"]
-        metrics = content[protocol.METRICS]
+        metrics = content.metric_records[protocol.METRICS]
         count = metrics.get(protocol.NUM_EXAMPLES)
         if not isinstance(count, (int, float)) or not math.isfinite(count) or count <= 0:
             return [f"'{protocol.NUM_EXAMPLES}' must be a positive number, got {count!r}"]
-        return check_state(content[protocol.ARRAYS].to_torch_state_dict(), self.reference_keys)
+        return check_state(content.array_records[protocol.ARRAYS].to_torch_state_dict(), self.reference_keys)
+
+
+def _reports_no_data(message: Message) -> bool:
+    """Whether a reply says ``num-examples == 0`` (a client left without retained data)."""
+    metrics = message.content.metric_records.get(protocol.METRICS)
+    return metrics is not None and metrics.get(protocol.NUM_EXAMPLES) == 0
 
 
 def _num_examples(message: Message) -> float:
@@ -198,15 +219,18 @@ def _eval_problems(replies: list[Message]) -> dict[Message, str]:
         if list(metrics) != [protocol.METRICS]:
             problems[message] = f"expected one metric record '{protocol.METRICS}', got {list(metrics)}"
             continue
-        bad = [k for k, v in metrics[protocol.METRICS].items()
-               if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)]
+        bad = [
+            k
+            for k, v in metrics[protocol.METRICS].items()
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+        ]
         if bad:
             problems[message] = f"non-finite or non-numeric metrics {bad}"
-    keysets = Counter(frozenset(m.content[protocol.METRICS]) for m in replies if m not in problems)
+    keysets = Counter(frozenset(m.content.metric_records[protocol.METRICS]) for m in replies if m not in problems)
     if keysets:
         common = keysets.most_common(1)[0][0]
         for message in replies:
-            if message not in problems and frozenset(message.content[protocol.METRICS]) != common:
-                keys = sorted(message.content[protocol.METRICS])
+            if message not in problems and frozenset(message.content.metric_records[protocol.METRICS]) != common:
+                keys = sorted(message.content.metric_records[protocol.METRICS])
                 problems[message] = f"metric keys {keys}, expected {sorted(common)}"
     return problems

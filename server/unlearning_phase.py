@@ -10,6 +10,7 @@ place and the request pending on its client.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from server.replies import (
     EXPECT_REMAIN,
     EXPECT_VERIFY,
     Expect,
+    metric,
     reply_problem,
 )
 from server.strategy import UnlearningFedAvg
@@ -127,21 +129,46 @@ def run_phase(grid: Grid, state: ServerState, *, node_id: int, request_id: str, 
     strategy, config = state.strategy, state.config
     pid = strategy.partition_of.get(node_id, -1)
     start, stats = time.perf_counter(), PhaseStats()
-    log(INFO, "[UNLEARN] client %d, request %s: method %s, %d outer step(s)", pid, request_id,
-        config.unlearn.method, config.unlearn.outer_steps)
+    log(
+        INFO,
+        "[UNLEARN] client %d, request %s: method %s, %d outer step(s)",
+        pid,
+        request_id,
+        config.unlearn.method,
+        config.unlearn.outer_steps,
+    )
     try:
         theta, steps_run = _fast_slow_loop(grid, state, node_id, request_id, stats)
         metrics = verify_phase(grid, state, node_id, request_id, theta, stats)
     except PhaseAborted as err:
         log(WARNING, "[UNLEARN] request %s deferred, global model rolled back: %s", request_id, err)
         return PhaseOutcome(request_id, pid, "deferred", str(err), time.perf_counter() - start, stats)
-    return apply_and_commit(grid, state, node_id=node_id, request_id=request_id, server_round=server_round,
-                            theta=theta, metrics=metrics, steps_run=steps_run, stats=stats, start=start)
+    return apply_and_commit(
+        grid,
+        state,
+        node_id=node_id,
+        request_id=request_id,
+        server_round=server_round,
+        theta=theta,
+        metrics=metrics,
+        steps_run=steps_run,
+        stats=stats,
+        start=start,
+    )
 
 
 def apply_and_commit(
-    grid: Grid, state: ServerState, *, node_id: int, request_id: str, server_round: int,
-    theta: dict[str, torch.Tensor], metrics: dict[str, float], steps_run: int, stats: PhaseStats, start: float,
+    grid: Grid,
+    state: ServerState,
+    *,
+    node_id: int,
+    request_id: str,
+    server_round: int,
+    theta: dict[str, torch.Tensor],
+    metrics: dict[str, float],
+    steps_run: int,
+    stats: PhaseStats,
+    start: float,
 ) -> PhaseOutcome:
     """The common tail of every phase, once ``theta`` is verified: replace the global model,
     ask the client to commit (it completes the receipt), or keep the commit for re-sending."""
@@ -155,13 +182,24 @@ def apply_and_commit(
         receipt = _receipt_from(exchange(grid, state, commit, stats)[node_id])
     except PhaseAborted as err:
         state.awaiting_commit[request_id] = commit
-        log(WARNING, "[UNLEARN] request %s applied to the model but not confirmed by its client (%s); the commit "
-            "is re-sent when the client announces the request again", request_id, err)
+        log(
+            WARNING,
+            "[UNLEARN] request %s applied to the model but not confirmed by its client (%s); the commit "
+            "is re-sent when the client announces the request again",
+            request_id,
+            err,
+        )
         return PhaseOutcome(request_id, pid, "unconfirmed", str(err), time.perf_counter() - start, stats, metrics)
     if receipt.get("kind") == "client":
         strategy.departed.add(node_id)
-    log(INFO, "[UNLEARN] request %s served with %s in %.1f s: %s", request_id, state.config.unlearn.method,
-        time.perf_counter() - start, {k: round(v, 4) for k, v in metrics.items()})
+    log(
+        INFO,
+        "[UNLEARN] request %s served with %s in %.1f s: %s",
+        request_id,
+        state.config.unlearn.method,
+        time.perf_counter() - start,
+        {k: round(v, 4) for k, v in metrics.items()},
+    )
     return PhaseOutcome(request_id, pid, "served", None, time.perf_counter() - start, stats, metrics, receipt)
 
 
@@ -235,18 +273,29 @@ def _run_recorded(grid: Grid, state: ServerState, node_id: int, request_id: str,
     before = state_digest(state.arrays.to_torch_state_dict())
     runner = phase_runner(state.config.unlearn.method)
     outcome = runner(grid, state, node_id=node_id, request_id=request_id, server_round=server_round)
-    return dataclasses.replace(outcome, model_before=before, model_after=state_digest(state.arrays.to_torch_state_dict()))
+    return dataclasses.replace(
+        outcome, model_before=before, model_after=state_digest(state.arrays.to_torch_state_dict())
+    )
 
 
 def _report_failure(grid: Grid, state: ServerState, node_id: int, outcome: PhaseOutcome, server_round: int) -> None:
     """Best effort: ``query.commit`` with outcome "failed" and the reason; the client keeps the
     request pending and records the reason (``DeletionQueue.record_failure``)."""
     reason = (outcome.reason or "unknown")[:MAX_REASON_CHARS]
-    config = ConfigRecord({protocol.REQUEST_ID: outcome.request_id, protocol.OUTCOME: protocol.OUTCOME_FAILED,
-                           protocol.REASON: f"round {server_round}: {reason}"})
-    notice = Exchange("report failure", [node_id], lambda n: state.strategy.build_message(
-        n, protocol.QUERY_COMMIT, arrays=None, config=config), required=False,
-        expect=Expect(None, (protocol.ATTEMPTS,)))
+    config = ConfigRecord(
+        {
+            protocol.REQUEST_ID: outcome.request_id,
+            protocol.OUTCOME: protocol.OUTCOME_FAILED,
+            protocol.REASON: f"round {server_round}: {reason}",
+        }
+    )
+    notice = Exchange(
+        "report failure",
+        [node_id],
+        lambda n: state.strategy.build_message(n, protocol.QUERY_COMMIT, arrays=None, config=config),
+        required=False,
+        expect=Expect(None, (protocol.ATTEMPTS,)),
+    )
     if not exchange(grid, state, notice, outcome.stats):
         log(WARNING, "[UNLEARN] could not tell node %d why request %s failed", node_id, outcome.request_id)
 
@@ -261,11 +310,21 @@ def _reconfirm(grid: Grid, state: ServerState, node_id: int, request_id: str) ->
     del state.awaiting_commit[request_id]
     if receipt.get("kind") == "client":
         state.strategy.departed.add(node_id)
-    return PhaseOutcome(request_id, pid, "served", "confirmed late", time.perf_counter() - start, stats,
-                        receipt.get("metrics", {}), receipt)
+    return PhaseOutcome(
+        request_id,
+        pid,
+        "served",
+        "confirmed late",
+        time.perf_counter() - start,
+        stats,
+        receipt.get("metrics", {}),
+        receipt,
+    )
 
 
-def _fast_slow_loop(grid: Grid, state: ServerState, node_id: int, request_id: str, stats: PhaseStats) -> tuple[dict[str, torch.Tensor], int]:
+def _fast_slow_loop(
+    grid: Grid, state: ServerState, node_id: int, request_id: str, stats: PhaseStats
+) -> tuple[dict[str, torch.Tensor], int]:
     strategy, cfg = state.strategy, state.config.unlearn
     theta = dict(state.arrays.to_torch_state_dict())
     # Clients whose own deletions are still waiting must not reinforce that data in the slow steps.
@@ -274,31 +333,62 @@ def _fast_slow_loop(grid: Grid, state: ServerState, node_id: int, request_id: st
     fisher = _remain_fisher(grid, state, remaining, theta, stats) if _needs_fisher(state) else None
     steps_run = 0
     for step in range(cfg.outer_steps):
-        forget_reply = exchange(grid, state, Exchange(
-            f"fast {step + 1}/{cfg.outer_steps}", [node_id],
-            lambda n, step=step, theta=theta: _forget_message(strategy, n, request_id, step, theta, fisher), required=True,
-            expect=EXPECT_FORGET), stats)[node_id]
-        fa_before = float(forget_reply.content[protocol.METRICS][protocol.FA_BEFORE])  # type: ignore[arg-type]
+        forget_reply = exchange(
+            grid,
+            state,
+            Exchange(
+                f"fast {step + 1}/{cfg.outer_steps}",
+                [node_id],
+                functools.partial(
+                    _forget_message, strategy, request_id=request_id, step=step, theta=theta, fisher=fisher
+                ),
+                required=True,
+                expect=EXPECT_FORGET,
+            ),
+            stats,
+        )[node_id]
+        fa_before = metric(forget_reply, protocol.FA_BEFORE)
         if step > 0 and cfg.target_fa is not None and fa_before <= cfg.target_fa:
             log(INFO, "[UNLEARN] FA %.4f reached target %.4f after %d outer step(s)", fa_before, cfg.target_fa, step)
             break
-        theta_fast = add_scaled(theta, forget_reply.content[protocol.ARRAYS].to_torch_state_dict(), cfg.apply_scale)
-        keeps_data = float(forget_reply.content[protocol.METRICS][protocol.NUM_RETAINED]) > 0  # type: ignore[arg-type]
-        slow_nodes = strategy.sample_remaining(remaining, step, include=node_id if keeps_data else None) \
-            if cfg.remain_steps > 0 else []
-        remain_replies = exchange(grid, state, Exchange(
-            f"slow {step + 1}/{cfg.outer_steps}", slow_nodes,
-            lambda n, step=step, fast=theta_fast: _remain_message(strategy, n, request_id, step, fast, n == node_id),
-            required=False,
-            expect=EXPECT_REMAIN), stats)
-        usable = [(r, float(r.content[protocol.METRICS][protocol.NUM_EXAMPLES])) for r in remain_replies.values()]  # type: ignore[arg-type]
+        forget_delta = forget_reply.content.array_records[protocol.ARRAYS].to_torch_state_dict()
+        theta_fast = add_scaled(theta, forget_delta, cfg.apply_scale)
+        keeps_data = metric(forget_reply, protocol.NUM_RETAINED) > 0
+        slow_nodes = (
+            strategy.sample_remaining(remaining, step, include=node_id if keeps_data else None)
+            if cfg.remain_steps > 0
+            else []
+        )
+        remain_replies = exchange(
+            grid,
+            state,
+            Exchange(
+                f"slow {step + 1}/{cfg.outer_steps}",
+                slow_nodes,
+                functools.partial(
+                    _remain_message,
+                    strategy,
+                    request_id=request_id,
+                    step=step,
+                    theta_fast=theta_fast,
+                    forgetting=node_id,
+                ),
+                required=False,
+                expect=EXPECT_REMAIN,
+            ),
+            stats,
+        )
+        usable = [(r, metric(r, protocol.NUM_EXAMPLES)) for r in remain_replies.values()]
         usable = [(r, w) for r, w in usable if w > 0]
         if cfg.remain_steps > 0 and slow_nodes and not usable:
             raise PhaseAborted(f"slow step {step + 1}: no remaining client answered")
         theta = fast_slow_step(
-            theta, forget_reply.content[protocol.ARRAYS].to_torch_state_dict(),
-            [r.content[protocol.ARRAYS].to_torch_state_dict() for r, _ in usable], [w for _, w in usable],
-            apply_scale=cfg.apply_scale, alpha=cfg.alpha,
+            theta,
+            forget_reply.content.array_records[protocol.ARRAYS].to_torch_state_dict(),
+            [r.content.array_records[protocol.ARRAYS].to_torch_state_dict() for r, _ in usable],
+            [w for _, w in usable],
+            apply_scale=cfg.apply_scale,
+            alpha=cfg.alpha,
         )
         require_finite(theta, f"outer step {step + 1}")
         steps_run = step + 1
@@ -310,21 +400,41 @@ def _needs_fisher(state: ServerState) -> bool:
     return cfg.method == "sfr_on" and cfg.saliency == "fisher"
 
 
-def _remain_fisher(grid: Grid, state: ServerState, nodes: list[int], theta: dict[str, torch.Tensor], stats: PhaseStats) -> ArrayRecord | None:
+def _remain_fisher(
+    grid: Grid, state: ServerState, nodes: list[int], theta: dict[str, torch.Tensor], stats: PhaseStats
+) -> ArrayRecord | None:
     """Remaining clients' diagonal Fisher, averaged by their sample counts (F_r of the mask)."""
     strategy = state.strategy
-    replies = exchange(grid, state, Exchange("fisher", nodes, lambda n: strategy.build_message(
-        n, protocol.QUERY_FISHER, arrays=ArrayRecord(theta), config=ConfigRecord()), required=False,
-        expect=EXPECT_FISHER), stats)
+    replies = exchange(
+        grid,
+        state,
+        Exchange(
+            "fisher",
+            nodes,
+            lambda n: strategy.build_message(
+                n, protocol.QUERY_FISHER, arrays=ArrayRecord(theta), config=ConfigRecord()
+            ),
+            required=False,
+            expect=EXPECT_FISHER,
+        ),
+        stats,
+    )
     if not replies:
         raise PhaseAborted("no remaining client sent its Fisher diagonal")
-    fishers = [r.content[protocol.ARRAYS].to_torch_state_dict() for r in replies.values()]
-    counts = [float(r.content[protocol.METRICS][protocol.NUM_EXAMPLES]) for r in replies.values()]  # type: ignore[arg-type]
+    fishers = [r.content.array_records[protocol.ARRAYS].to_torch_state_dict() for r in replies.values()]
+    counts = [metric(r, protocol.NUM_EXAMPLES) for r in replies.values()]
     return ArrayRecord(weighted_sum(fishers, fedavg_weights(counts)))
 
 
-def _forget_message(strategy: UnlearningFedAvg, node: int, request_id: str, step: int, theta: dict[str, torch.Tensor],
-                    fisher: ArrayRecord | None) -> Message:
+def _forget_message(
+    strategy: UnlearningFedAvg,
+    node: int,
+    *,
+    request_id: str,
+    step: int,
+    theta: dict[str, torch.Tensor],
+    fisher: ArrayRecord | None,
+) -> Message:
     config = ConfigRecord({protocol.REQUEST_ID: request_id, protocol.STEP: step})
     message = strategy.build_message(node, protocol.TRAIN_FORGET, arrays=ArrayRecord(theta), config=config)
     if fisher is not None:
@@ -332,14 +442,26 @@ def _forget_message(strategy: UnlearningFedAvg, node: int, request_id: str, step
     return message
 
 
-def _remain_message(strategy: UnlearningFedAvg, node: int, request_id: str, step: int, theta_fast: dict[str, torch.Tensor],
-                    is_forgetting: bool) -> Message:
+def _remain_message(
+    strategy: UnlearningFedAvg,
+    node: int,
+    *,
+    request_id: str,
+    step: int,
+    theta_fast: dict[str, torch.Tensor],
+    forgetting: int,
+) -> Message:
     cfg = strategy.config.unlearn
-    values: dict[str, Any] = {protocol.REMAIN_STEPS: cfg.remain_steps, protocol.STEP: step,
-                              protocol.SEED: strategy.config.seed * 7919 + step * 101 + strategy.partition_of.get(node, 0)}
-    if is_forgetting:
+    values: dict[str, Any] = {
+        protocol.REMAIN_STEPS: cfg.remain_steps,
+        protocol.STEP: step,
+        protocol.SEED: strategy.config.seed * 7919 + step * 101 + strategy.partition_of.get(node, 0),
+    }
+    if node == forgetting:  # the forgetting client corrects on its retained data, without D_f
         values[protocol.EXCLUDE_REQUEST] = request_id
-    return strategy.build_message(node, protocol.TRAIN_REMAIN, arrays=ArrayRecord(theta_fast), config=ConfigRecord(values))
+    return strategy.build_message(
+        node, protocol.TRAIN_REMAIN, arrays=ArrayRecord(theta_fast), config=ConfigRecord(values)
+    )
 
 
 def require_finite(theta: dict[str, torch.Tensor], where: str) -> None:
@@ -349,41 +471,87 @@ def require_finite(theta: dict[str, torch.Tensor], where: str) -> None:
         raise PhaseAborted(f"{where}: non-finite weights in {bad[:5]}")
 
 
-def verify_phase(grid: Grid, state: ServerState, node_id: int, request_id: str, theta: dict[str, torch.Tensor], stats: PhaseStats) -> dict[str, float]:
+def verify_phase(
+    grid: Grid, state: ServerState, node_id: int, request_id: str, theta: dict[str, torch.Tensor], stats: PhaseStats
+) -> dict[str, float]:
     """FA/MIA/RA from the forgetting client, TA (and backdoor ASR) on the server; fails the
     phase if TA fell by more than ``max_ta_drop``."""
     strategy = state.strategy
-    reply = exchange(grid, state, Exchange("verify", [node_id], lambda n: strategy.build_message(
-        n, protocol.EVALUATE_VERIFY, arrays=ArrayRecord(theta), config=ConfigRecord({protocol.REQUEST_ID: request_id})),
-        required=True, expect=EXPECT_VERIFY), stats)[node_id]
-    metrics = {k: float(v) for k, v in reply.content[protocol.METRICS].items() if k != protocol.NUM_EXAMPLES}  # type: ignore[arg-type]
+    reply = exchange(
+        grid,
+        state,
+        Exchange(
+            "verify",
+            [node_id],
+            lambda n: strategy.build_message(
+                n,
+                protocol.EVALUATE_VERIFY,
+                arrays=ArrayRecord(theta),
+                config=ConfigRecord({protocol.REQUEST_ID: request_id}),
+            ),
+            required=True,
+            expect=EXPECT_VERIFY,
+        ),
+        stats,
+    )[node_id]
+    keys = [k for k in reply.content.metric_records[protocol.METRICS] if k != protocol.NUM_EXAMPLES]
+    metrics = {k: metric(reply, k) for k in keys}
     ta_before = evaluate_global(state).accuracy
     after = evaluate_global(state, ArrayRecord(theta))
     metrics.update(TA=after.accuracy, TA_before=ta_before)
     if after.accuracy < ta_before - state.config.unlearn.max_ta_drop:
-        raise PhaseAborted(f"verification failed: test accuracy fell from {ta_before:.4f} to {after.accuracy:.4f} "
-                           f"(more than max_ta_drop={state.config.unlearn.max_ta_drop})")
+        raise PhaseAborted(
+            f"verification failed: test accuracy fell from {ta_before:.4f} to {after.accuracy:.4f} "
+            f"(more than max_ta_drop={state.config.unlearn.max_ta_drop})"
+        )
     return metrics
 
 
-def _draft_receipt(state: ServerState, request_id: str, server_round: int, before: ArrayRecord,
-                   theta: dict[str, torch.Tensor], metrics: dict[str, float], stats: PhaseStats, start: float) -> DeletionReceipt:
+def _draft_receipt(
+    state: ServerState,
+    request_id: str,
+    server_round: int,
+    before: ArrayRecord,
+    theta: dict[str, torch.Tensor],
+    metrics: dict[str, float],
+    stats: PhaseStats,
+    start: float,
+) -> DeletionReceipt:
     """The server's part of the receipt; the client adds the sample count and ids digest."""
     return DeletionReceipt(
-        request_id=request_id, kind="", num_samples=0, ids_sha256="",
-        model_digest_before=state_digest(before.to_torch_state_dict()), model_digest_after=state_digest(theta),
-        server_round=server_round, method=state.config.unlearn.method, metrics=metrics,
-        seconds=time.perf_counter() - start, messages=stats.messages + 2,
+        request_id=request_id,
+        kind="",
+        num_samples=0,
+        ids_sha256="",
+        model_digest_before=state_digest(before.to_torch_state_dict()),
+        model_digest_after=state_digest(theta),
+        server_round=server_round,
+        method=state.config.unlearn.method,
+        metrics=metrics,
+        seconds=time.perf_counter() - start,
+        messages=stats.messages + 2,
     )
 
 
-def _commit_exchange(state: ServerState, node_id: int, request_id: str, draft: DeletionReceipt, steps_run: int) -> Exchange:
-    config = ConfigRecord({protocol.REQUEST_ID: request_id, protocol.RECEIPT_JSON: json.dumps(draft.to_json()),
-                           protocol.OUTER_STEPS: steps_run})
-    return Exchange("commit", [node_id], lambda n: state.strategy.build_message(
-        n, protocol.QUERY_COMMIT, arrays=None, config=config), required=True, expect=EXPECT_COMMIT)
+def _commit_exchange(
+    state: ServerState, node_id: int, request_id: str, draft: DeletionReceipt, steps_run: int
+) -> Exchange:
+    config = ConfigRecord(
+        {
+            protocol.REQUEST_ID: request_id,
+            protocol.RECEIPT_JSON: json.dumps(draft.to_json()),
+            protocol.OUTER_STEPS: steps_run,
+        }
+    )
+    return Exchange(
+        "commit",
+        [node_id],
+        lambda n: state.strategy.build_message(n, protocol.QUERY_COMMIT, arrays=None, config=config),
+        required=True,
+        expect=EXPECT_COMMIT,
+    )
 
 
 def _receipt_from(reply: Message) -> dict[str, Any]:
-    receipt: dict[str, Any] = json.loads(str(reply.content[protocol.RECEIPT][protocol.RECEIPT_JSON]))
+    receipt: dict[str, Any] = json.loads(str(reply.content.config_records[protocol.RECEIPT][protocol.RECEIPT_JSON]))
     return receipt

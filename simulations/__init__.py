@@ -1,0 +1,1 @@
+"""Experiment runners (``python -m simulations.<name>``) and their plots."""

@@ -237,6 +237,19 @@ def _v(
     return variant
 
 
+#: Ascent variants, shared by the partial and conventional versions. Ascent diverged (NaN) on
+#: the client-level cell in all first-round variants: @4-@6 were added in a second round (run
+#: with --methods '*gradient_ascent@[456]'); gradient_ascent@3 was not run.
+_ASCENT_VARIANTS = (
+    _v(1, 0, epochs=1),
+    _v(1, 5, epochs=1),
+    _v(1, 5, epochs=5, lr=0.001),
+    _v(3, 5, epochs=5),
+    _v(1, 5, epochs=1, lr=0.001),
+    _v(1, 5, {"unlearn-max-steps": 5}, lr=0.01),
+    _v(3, 5, epochs=1, lr=0.001),
+)
+
 #: Per-method variants searched by ``--tune`` (on the quick cells, seed + 1); the winners
 #: (lowest mean Avg.D to RT over the tuning cells) are copied into ``QUICK.method_settings``.
 TUNING_GRID: Mapping[str, tuple[Mapping[str, Any], ...]] = {
@@ -244,27 +257,8 @@ TUNING_GRID: Mapping[str, tuple[Mapping[str, Any], ...]] = {
     "amnesiac": (_v(1, 0), _v(1, 5), _v(3, 5), _v(1, 5, {"unlearn-finetune-epochs": 1})),
     "partial_label_flip": (_v(1, 0, epochs=1), _v(1, 5, epochs=1), _v(1, 5, epochs=5), _v(3, 5, epochs=5)),
     "label_flip": (_v(1, 0, epochs=1), _v(1, 5, epochs=1), _v(3, 5, epochs=5)),
-    # Ascent diverged (NaN) on the client-level cell in all first-round variants: @4-@6 were
-    # added in a second round (run with --methods '*gradient_ascent@[456]').
-    "partial_gradient_ascent": (
-        _v(1, 0, epochs=1),
-        _v(1, 5, epochs=1),
-        _v(1, 5, epochs=5, lr=0.001),
-        _v(3, 5, epochs=5),
-        _v(1, 5, epochs=1, lr=0.001),
-        _v(1, 5, {"unlearn-max-steps": 5}, lr=0.01),
-        _v(3, 5, epochs=1, lr=0.001),
-    ),
-    # (gradient_ascent@3 mirrors partial_gradient_ascent@3 and was not run.)
-    "gradient_ascent": (
-        _v(1, 0, epochs=1),
-        _v(1, 5, epochs=1),
-        _v(1, 5, epochs=5, lr=0.001),
-        _v(3, 5, epochs=5),
-        _v(1, 5, epochs=1, lr=0.001),
-        _v(1, 5, {"unlearn-max-steps": 5}, lr=0.01),
-        _v(3, 5, epochs=1, lr=0.001),
-    ),
+    "partial_gradient_ascent": _ASCENT_VARIANTS,
+    "gradient_ascent": _ASCENT_VARIANTS,
     "sfr_on": (
         _v(3, 5, {"sfr-iters": 30, "sfr-forget-scale": 5.0}),
         _v(3, 5, {"sfr-iters": 30, "sfr-forget-scale": 1.0}),

@@ -77,15 +77,24 @@ def compare_to_retrain(
     rt_model = load_model(config, retrained)
     backdoor = None
     if config.backdoor.client is not None:
-        backdoor = BackdoorSpec(target_label=config.backdoor.target, pattern=TriggerPattern(size=config.backdoor.trigger_size))
+        backdoor = BackdoorSpec(
+            target_label=config.backdoor.target, pattern=TriggerPattern(size=config.backdoor.trigger_size)
+        )
     rows: dict[str, Any] = {}
     per_request: dict[str, dict[str, Any]] = {rid: {} for rid in truth.forget_by_request}
     for name, path in (("unlearned", unlearned), ("RT", retrained), ("before", before)):
         if path is None:
             continue
         model = rt_model if name == "RT" else load_model(config, path)
-        metrics = evaluate_unlearning(model, forget=truth.forget, retain=truth.retain, test=truth.test,
-                                      reference_model=rt_model, backdoor=backdoor, seed=seed)
+        metrics = evaluate_unlearning(
+            model,
+            forget=truth.forget,
+            retain=truth.retain,
+            test=truth.test,
+            reference_model=rt_model,
+            backdoor=backdoor,
+            seed=seed,
+        )
         rows[name] = metrics.to_dict()
         for rid, forget in truth.forget_by_request.items():
             per_request[rid][name] = {"FA": accuracy(model, forget), "num_forget": len(forget)}

@@ -47,18 +47,28 @@ def run_with_retrain(config: FederationConfig, *, cpus: int, with_rt: bool = Tru
     main_config = sub_run(config, "unlearn")
     main = run_federation(main_config, cpus=cpus)
     plot_training(main, out / "unlearn" / "training.png")
-    report: dict[str, Any] = {"method": config.unlearn.method, "schedule": config.deletion_schedule,
-                              "config": main["config"], "events": main["events"], "unlearning": unlearning_cost(main)}
+    report: dict[str, Any] = {
+        "method": config.unlearn.method,
+        "schedule": config.deletion_schedule,
+        "config": main["config"],
+        "events": main["events"],
+        "unlearning": unlearning_cost(main),
+    }
     if with_rt:
         rt = run_federation(sub_run(config, "retrain", retrain_mode=True), cpus=cpus)
         plot_training(rt, out / "retrain" / "training.png")
         befores = sorted((out / "unlearn" / "models").glob("before-*.pt"))
         report["metrics"] = compare_to_retrain(
-            main_config, unlearned=out / "unlearn" / "model.pt", retrained=out / "retrain" / "model.pt",
-            before=befores[0] if befores else None, seed=config.seed,
+            main_config,
+            unlearned=out / "unlearn" / "model.pt",
+            retrained=out / "retrain" / "model.pt",
+            before=befores[0] if befores else None,
+            seed=config.seed,
         )
         report["retrain"] = {"seconds": rt["summary"]["train_seconds"], "messages": rt["summary"]["train_messages"]}
-        report["unlearning"]["time_fraction_of_rt"] = report["unlearning"]["seconds"] / max(report["retrain"]["seconds"], 1e-9)
+        report["unlearning"]["time_fraction_of_rt"] = report["unlearning"]["seconds"] / max(
+            report["retrain"]["seconds"], 1e-9
+        )
         plot_comparison(report, out / "comparison.png")
     write_json_atomic(out / "comparison.json", report)
     print_report(report, out)
@@ -68,7 +78,8 @@ def run_with_retrain(config: FederationConfig, *, cpus: int, with_rt: bool = Tru
 def print_report(report: dict[str, Any], out: Path) -> None:
     """The comparison as a small table on stdout."""
     cost = report["unlearning"]
-    print(f"\nmethod {report['method']}, schedule {report['schedule']!r}: {cost['served']}/{cost['phases']} phase(s) served")
+    served = f"{cost['served']}/{cost['phases']} phase(s) served"
+    print(f"\nmethod {report['method']}, schedule {report['schedule']!r}: {served}")
     metrics = report.get("metrics")
     if metrics:
         keys = ("FA", "RA", "TA", "MIA", "kl_rt_forget", "backdoor_asr")
@@ -77,10 +88,13 @@ def print_report(report: dict[str, Any], out: Path) -> None:
             if name in metrics:
                 row = metrics[name]
                 print(f"{name:<10}" + "".join(f"{_fmt(row.get(k)):>14}" for k in keys))
-        print(f"Avg.D to RT: {metrics['avg_gap_rt']:.2f} points (before unlearning: {metrics.get('avg_gap_rt_before', float('nan')):.2f})")
+        before = metrics.get("avg_gap_rt_before", float("nan"))
+        print(f"Avg.D to RT: {metrics['avg_gap_rt']:.2f} points (before unlearning: {before:.2f})")
         rt = report["retrain"]
-        print(f"unlearning {cost['seconds']:.1f} s, {cost['messages']} messages; RT {rt['seconds']:.1f} s, "
-              f"{rt['messages']} messages ({100 * cost['time_fraction_of_rt']:.1f}% of RT's time)")
+        print(
+            f"unlearning {cost['seconds']:.1f} s, {cost['messages']} messages; RT {rt['seconds']:.1f} s, "
+            f"{rt['messages']} messages ({100 * cost['time_fraction_of_rt']:.1f}% of RT's time)"
+        )
     print(f"written: {out / 'comparison.json'}")
 
 

@@ -23,6 +23,7 @@ def _toml(value: object) -> str:
 
 
 def main() -> None:
+    """Rewrite the table in place."""
     path = Path(__file__).resolve().parents[1] / "pyproject.toml"
     text = path.read_text(encoding="utf-8")
     body = "\n".join(f"{k} = {_toml(v)}" for k, v in FederationConfig().to_run_config(include_unset=True).items())

@@ -26,6 +26,7 @@ class FederatedData:
 
     @property
     def num_classes(self) -> int:
+        """Number of classes of the dataset."""
         return self.bundle.num_classes
 
 

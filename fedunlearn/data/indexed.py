@@ -95,7 +95,11 @@ class IndexedDataset:
         return IndexedDataset(self.inputs, labels.to(torch.int64), self.sample_ids, self.num_classes)
 
     def batches(
-        self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
     ) -> Iterator[Batch]:
         """Yield mini-batches; with ``shuffle`` the order comes from ``generator`` (reproducible)."""

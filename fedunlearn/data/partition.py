@@ -24,6 +24,7 @@ class Partition:
 
     @property
     def num_clients(self) -> int:
+        """Number of clients."""
         return len(self.client_ids)
 
     def for_client(self, partition_id: int) -> SampleIds:
@@ -78,7 +79,10 @@ def make_partition(sample_ids: SampleIds, labels: np.ndarray, config: DataConfig
             f"{config.num_clients} without samples; use fewer clients or another partition"
         )
     if config.samples_per_client is not None:
-        parts = [p if len(p) <= config.samples_per_client else rng.choice(p, config.samples_per_client, replace=False) for p in parts]
+        parts = [
+            p if len(p) <= config.samples_per_client else rng.choice(p, config.samples_per_client, replace=False)
+            for p in parts
+        ]
     return Partition(tuple(np.sort(p).astype(np.int64) for p in parts))
 
 
@@ -89,7 +93,9 @@ def _iid(ids: SampleIds, labels: np.ndarray, n: int, config: DataConfig, rng: np
 
 
 @register_partitioner("dirichlet")
-def _dirichlet(ids: SampleIds, labels: np.ndarray, n: int, config: DataConfig, rng: np.random.Generator) -> list[np.ndarray]:
+def _dirichlet(
+    ids: SampleIds, labels: np.ndarray, n: int, config: DataConfig, rng: np.random.Generator
+) -> list[np.ndarray]:
     """Per class, client shares drawn from Dir(alpha) (Hsu et al. 2019); redraw until every
     client holds at least ``min(10, N / (2n))`` samples, so no client is empty."""
     min_size = max(1, min(10, len(ids) // (2 * n)))
@@ -111,7 +117,9 @@ def _dirichlet(ids: SampleIds, labels: np.ndarray, n: int, config: DataConfig, r
 
 
 @register_partitioner("by_class")
-def _by_class(ids: SampleIds, labels: np.ndarray, n: int, config: DataConfig, rng: np.random.Generator) -> list[np.ndarray]:
+def _by_class(
+    ids: SampleIds, labels: np.ndarray, n: int, config: DataConfig, rng: np.random.Generator
+) -> list[np.ndarray]:
     """Pathological non-IID (McMahan et al. 2017): each client holds ``classes_per_client``
     classes; a class shared by several clients is split evenly between them."""
     classes = np.unique(labels)

@@ -82,16 +82,28 @@ def _load_cached(name: str, root: Path, download: bool) -> DatasetBundle:
     path = tensor_cache.cache_path(name, root, _source_files(name, root))
     payload = tensor_cache.read(path) if path is not None else None
     if payload is not None:
-        num_classes, shape = int(payload["num_classes"]), tuple(payload["input_shape"])  # type: ignore[call-overload, arg-type]
-        return DatasetBundle(name, tensor_cache.split_from(payload, "train", num_classes),
-                             tensor_cache.split_from(payload, "test", num_classes), num_classes, shape)
+        num_classes = int(payload["num_classes"])  # type: ignore[call-overload]
+        shape: tuple[int, ...] = tuple(payload["input_shape"])  # type: ignore[arg-type]
+        return DatasetBundle(
+            name,
+            tensor_cache.split_from(payload, "train", num_classes),
+            tensor_cache.split_from(payload, "test", num_classes),
+            num_classes,
+            shape,
+        )
     loader = _LOADERS.get(name)
     bundle = _load_medmnist(name, root, download) if loader is None else loader(root, download)
     path = tensor_cache.cache_path(name, root, _source_files(name, root))  # files may exist only now
     if path is not None:
-        tensor_cache.write(path, {"num_classes": bundle.num_classes, "input_shape": list(bundle.input_shape),
-                                  **tensor_cache.split_payload("train", bundle.train),
-                                  **tensor_cache.split_payload("test", bundle.test)})
+        tensor_cache.write(
+            path,
+            {
+                "num_classes": bundle.num_classes,
+                "input_shape": list(bundle.input_shape),
+                **tensor_cache.split_payload("train", bundle.train),
+                **tensor_cache.split_payload("test", bundle.test),
+            },
+        )
     return bundle
 
 
@@ -263,5 +275,3 @@ def check_dataset_name(name: str) -> None:
     """Raise UnknownNameError for a name no loader serves (cheap; loads nothing)."""
     if name.lower() not in _LOADERS and name.lower() not in _medmnist_2d_flags():
         raise UnknownNameError("dataset", name, available_datasets())
-
-

@@ -72,8 +72,10 @@ def load_manifest(path: Path) -> Manifest:
     try:
         raw = json.loads(path.read_bytes())
         if raw.get("format") != MANIFEST_FORMAT or raw.get("version") != MANIFEST_VERSION:
-            raise ValueError(f"format/version is {raw.get('format')!r}/{raw.get('version')!r}, "
-                             f"expected {MANIFEST_FORMAT!r}/{MANIFEST_VERSION}")
+            raise ValueError(
+                f"format/version is {raw.get('format')!r}/{raw.get('version')!r}, "
+                f"expected {MANIFEST_FORMAT!r}/{MANIFEST_VERSION}"
+            )
         body = {k: raw[k] for k in ("layout", "settings", "rounds")}
         expected, actual = raw["checksum"], _checksum(body)
         if expected != actual:

@@ -59,7 +59,11 @@ class _NumpyLayer(_TorchLayer):
     """The same for a contiguous CPU parameter, through numpy views (a few times less overhead per op)."""
 
     def __init__(
-        self, slot: LayerSlot, param: torch.Tensor, layout: RecordLayout, record: np.ndarray,
+        self,
+        slot: LayerSlot,
+        param: torch.Tensor,
+        layout: RecordLayout,
+        record: np.ndarray,
         select_np: NumpySelector | None,
     ) -> None:
         super().__init__(slot, param, layout, record)
@@ -217,7 +221,8 @@ class RoundRecorder:
             raise HistoryError(f"the model does not match this history's parameter layout: {problem}")
         params = [p.detach() for p in model.parameters()]
         pairs = zip(self._records.slots, params, strict=True)
-        self._model, self._layers = model, [
-            _layer(slot, p, self._records, self._record, select_np=self._select_np) for slot, p in pairs
-        ]
+        self._model, self._layers = (
+            model,
+            [_layer(slot, p, self._records, self._record, select_np=self._select_np) for slot, p in pairs],
+        )
         return self._layers

@@ -132,8 +132,12 @@ class HistoryStore:
         Reading the affected round raises HistoryCorruptedError naming the missing file."""
         missing = sorted(name for name in listed if not (self.directory / name).exists())
         if missing:
-            logger.error("%s: committed round file(s) %s are missing; keeping unlisted round files. %s",
-                         self.directory, missing, CORRUPTION_ADVICE)
+            logger.error(
+                "%s: committed round file(s) %s are missing; keeping unlisted round files. %s",
+                self.directory,
+                missing,
+                CORRUPTION_ADVICE,
+            )
         return not missing
 
     def _remove_strays(self, pattern: str, cause: str, *, keep: set[str] | None = None) -> None:
@@ -156,8 +160,13 @@ class HistoryStore:
             raise HistoryError(f"round must be >= 0, got {round}")
         path = self.directory / f"round-{round:06d}-{secrets.token_hex(4)}.bin{TMP_SUFFIX}"
         return RoundRecorder(
-            round_number=round, path=path, layout=self.layout, config=self.config, digest=self._digest,
-            generator=generator, commit=lambda tmp, info: self._commit_round(round, tmp, info),
+            round_number=round,
+            path=path,
+            layout=self.layout,
+            config=self.config,
+            digest=self._digest,
+            generator=generator,
+            commit=lambda tmp, info: self._commit_round(round, tmp, info),
         )
 
     def _commit_round(self, round: int, tmp: Path, info: RoundFileInfo) -> None:

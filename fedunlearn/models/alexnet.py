@@ -28,23 +28,40 @@ class AlexNet(nn.Module):
     torch.Size([2, 10])
     """
 
-    def __init__(self, *, in_channels: int, num_classes: int, conv_widths: tuple[int, ...] = CONV_WIDTHS,
-                 fc_width: int = FC_WIDTH, dropout: float = 0.5) -> None:
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        num_classes: int,
+        conv_widths: tuple[int, ...] = CONV_WIDTHS,
+        fc_width: int = FC_WIDTH,
+        dropout: float = 0.5,
+    ) -> None:
         super().__init__()
         c1, c2, c3, c4, c5 = conv_widths
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, c1, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 14x14
-            nn.Conv2d(c1, c2, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 7x7
-            nn.Conv2d(c2, c3, kernel_size=3, padding=1), nn.ReLU(),
-            nn.Conv2d(c3, c4, kernel_size=3, padding=1), nn.ReLU(),
-            nn.Conv2d(c4, c5, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 3x3
+            nn.Conv2d(in_channels, c1, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 14x14
+            nn.Conv2d(c1, c2, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 7x7
+            nn.Conv2d(c2, c3, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(c3, c4, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(c4, c5, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 3x3
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Dropout(dropout),
-            nn.Linear(c5 * 3 * 3, fc_width), nn.ReLU(),
+            nn.Linear(c5 * 3 * 3, fc_width),
+            nn.ReLU(),
             nn.Dropout(dropout),
-            nn.Linear(fc_width, fc_width), nn.ReLU(),
+            nn.Linear(fc_width, fc_width),
+            nn.ReLU(),
             nn.Linear(fc_width, num_classes),
         )
 

@@ -30,8 +30,9 @@ class ConvNet(nn.Module):
     torch.Size([2, 11])
     """
 
-    def __init__(self, *, in_channels: int, num_classes: int, widths: tuple[int, int, int] = (32, 64, 128),
-                 hidden: int = 128) -> None:
+    def __init__(
+        self, *, in_channels: int, num_classes: int, widths: tuple[int, int, int] = (32, 64, 128), hidden: int = 128
+    ) -> None:
         super().__init__()
         self.features = nn.Sequential(
             _block(in_channels, widths[0]),  # 14x14

@@ -81,8 +81,13 @@ def build_model(name: str, *, input_shape: tuple[int, ...], num_classes: int) ->
         raise UnknownNameError("model", name, available_models())
     _check_shape_and_classes(name, input_shape, num_classes)
     model = builder(input_shape=tuple(input_shape), num_classes=num_classes)
-    logger.debug("built model %s for input %s, %d classes: %d parameters",
-                 name, tuple(input_shape), num_classes, count_parameters(model))
+    logger.debug(
+        "built model %s for input %s, %d classes: %d parameters",
+        name,
+        tuple(input_shape),
+        num_classes,
+        count_parameters(model),
+    )
     return model
 
 

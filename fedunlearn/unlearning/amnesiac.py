@@ -57,8 +57,13 @@ def history_correction(ws: Workspace, store: HistoryStore) -> HistorySum:
         )
     unmatched = np.asarray(total.unmatched_ids).tolist()
     if unmatched:
-        logger.warning("%s: %d of %d forgotten id(s) occur in no stored step (e.g. %s); the others are undone",
-                       ws.name, len(unmatched), len(ids), unmatched[:5])
+        logger.warning(
+            "%s: %d of %d forgotten id(s) occur in no stored step (e.g. %s); the others are undone",
+            ws.name,
+            len(unmatched),
+            len(ids),
+            unmatched[:5],
+        )
     ws.info["unmatched_ids"] = unmatched
     return total
 
@@ -94,8 +99,13 @@ def _amnesiac(ws: Workspace) -> Delta:
         return correction
     before = float_state(ws.model)
     ws.cost.forward_backward += sgd_descent(
-        ws.model, ws.split.retain, lr=ws.config.lr, batch_size=ws.config.batch_size,
-        generator=ws.generator("finetune"), device=ws.device, epochs=ws.config.finetune_epochs,
+        ws.model,
+        ws.split.retain,
+        lr=ws.config.lr,
+        batch_size=ws.config.batch_size,
+        generator=ws.generator("finetune"),
+        device=ws.device,
+        epochs=ws.config.finetune_epochs,
         what=f"{ws.name} fine-tuning",
     )
     finetuned = state_difference(float_state(ws.model), before)

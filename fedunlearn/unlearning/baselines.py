@@ -31,8 +31,15 @@ def _descend(ws: Workspace, data: IndexedDataset) -> Delta:
     """``config.epochs`` passes of plain-SGD CE descent on ``data`` (capped at ``max_steps``)."""
     config = ws.config
     ws.cost.forward_backward += sgd_descent(
-        ws.model, data, lr=config.lr, batch_size=config.batch_size, generator=ws.generator("shuffle"),
-        device=ws.device, epochs=config.epochs, steps=config.max_steps, what=ws.name,
+        ws.model,
+        data,
+        lr=config.lr,
+        batch_size=config.batch_size,
+        generator=ws.generator("shuffle"),
+        device=ws.device,
+        epochs=config.epochs,
+        steps=config.max_steps,
+        what=ws.name,
     )
     return ws.change()
 
@@ -68,8 +75,10 @@ def retrain(ws: Workspace) -> Delta:
     before = float_state(ws.original)
     after_keys = float_state(fresh)
     if {k: tuple(v.shape) for k, v in after_keys.items()} != {k: tuple(v.shape) for k, v in before.items()}:
-        raise UnlearningError("retrain: model_factory() builds a model whose state differs from the model's; "
-                              "pass the factory of the same architecture")
+        raise UnlearningError(
+            "retrain: model_factory() builds a model whose state differs from the model's; "
+            "pass the factory of the same architecture"
+        )
     try:
         result = train_local(
             fresh, ws.split.retain, config=train_config, seed=ws.context.seed, epochs=ws.config.epochs, device=ws.device

@@ -169,7 +169,8 @@ _NEEDS_RETAIN: dict[str, Callable[[UnlearnConfig], bool]] = {}
 
 def method_needs_retain(name: str, config: UnlearnConfig) -> bool:
     """Whether method ``name`` (as configured) needs retained samples D_r on the unlearning side."""
-    return _NEEDS_RETAIN.get(name, lambda c: False)(config)
+    rule = _NEEDS_RETAIN.get(name)
+    return rule is not None and bool(rule(config))
 
 
 def unlearning_method(

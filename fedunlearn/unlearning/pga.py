@@ -114,21 +114,25 @@ def _random_vectors(ws: Workspace, count: int) -> list[torch.Tensor]:
     vectors = [parameter_vector(factory()) for _ in range(count)]
     expected = sum(p.numel() for p in ws.model.parameters())
     if any(v.numel() != expected for v in vectors):
-        raise UnlearningError(f"pga: model_factory() builds a model with {vectors[0].numel()} parameters, the "
-                              f"model has {expected}; pass the factory of the same architecture")
+        raise UnlearningError(
+            f"pga: model_factory() builds a model with {vectors[0].numel()} parameters, the "
+            f"model has {expected}; pass the factory of the same architecture"
+        )
     return vectors
 
 
 def _should_stop(ws: Workspace, limit: float) -> tuple[bool, float, float]:
     """One pass over D_f: stop when mean CE >= ``limit`` or FA <= ``config.target_fa``."""
-    result = evaluate_loss_accuracy(ws.model, ws.split.forget, batch_size=max(ws.config.batch_size, 256),
-                                    device=ws.device)
+    result = evaluate_loss_accuracy(
+        ws.model, ws.split.forget, batch_size=max(ws.config.batch_size, 256), device=ws.device
+    )
     target = ws.config.target_fa
     return result.loss >= limit or (target is not None and result.accuracy <= target), result.loss, result.accuracy
 
 
-def _ascent_step(ws: Workspace, optimizer: torch.optim.Optimizer, inputs: torch.Tensor, labels: torch.Tensor,
-                 step: int) -> float:
+def _ascent_step(
+    ws: Workspace, optimizer: torch.optim.Optimizer, inputs: torch.Tensor, labels: torch.Tensor, step: int
+) -> float:
     optimizer.zero_grad(set_to_none=True)
     loss = nn.functional.cross_entropy(ws.model(inputs), labels)
     value = check_loss(loss, what="pga ascent step", step=step)
@@ -168,9 +172,17 @@ def pga(ws: Workspace) -> Delta:
             if stop or steps >= budget:
                 break
     ws.cost.forward_backward += steps
-    ws.cost.extra.update(steps=steps, epochs=epochs, projections=projections, loss_checks=checks,
-                         random_models=PGA_RANDOM_MODELS)
+    ws.cost.extra.update(
+        steps=steps, epochs=epochs, projections=projections, loss_checks=checks, random_models=PGA_RANDOM_MODELS
+    )
     reason = "loss" if ce >= limit else "target_fa" if stop else "budget"
-    ws.info.update(radius=radius, stop_loss=limit, forget_loss=ce, fa=fa, steps=steps, stopped_by=reason,
-                   distance=float(torch.linalg.vector_norm(parameter_vector(ws.model).to(ws.device) - center)))
+    ws.info.update(
+        radius=radius,
+        stop_loss=limit,
+        forget_loss=ce,
+        fa=fa,
+        steps=steps,
+        stopped_by=reason,
+        distance=float(torch.linalg.vector_norm(parameter_vector(ws.model).to(ws.device) - center)),
+    )
     return ws.change()

@@ -42,9 +42,7 @@ def batch_stream(
         raise UnlearningError("cannot draw batches from an empty dataset")
     passes = itertools.count() if epochs is None else range(epochs)
     stream = (
-        batch
-        for _ in passes
-        for batch in dataset.batches(batch_size, shuffle=True, generator=generator, device=device)
+        batch for _ in passes for batch in dataset.batches(batch_size, shuffle=True, generator=generator, device=device)
     )
     return stream if steps is None else itertools.islice(stream, steps)
 
@@ -134,8 +132,16 @@ def remain_steps(
     if steps > 0:
         with seeded_rng(seed, run_on):
             sgd_descent(
-                work, retain, lr=lr, batch_size=batch_size, generator=derive_generator(seed, "remain/shuffle"),
-                device=run_on, steps=steps, momentum=momentum, weight_decay=weight_decay, what="remain step",
+                work,
+                retain,
+                lr=lr,
+                batch_size=batch_size,
+                generator=derive_generator(seed, "remain/shuffle"),
+                device=run_on,
+                steps=steps,
+                momentum=momentum,
+                weight_decay=weight_decay,
+                what="remain step",
             )
     delta = {k: v.to(home) for k, v in state_difference(float_state(work), float_state(model)).items()}
     if not all(bool(torch.isfinite(d).all()) for d in delta.values()):

@@ -145,11 +145,15 @@ class SFROnSession:
         )
         self.mask = self._prepare_mask(mask)
         bs = config.batch_size
-        self._forget = None if len(forget) == 0 else batch_stream(
-            forget, bs, generator=derive_generator(seed, "sfr_on/forget"), device=self.device
+        self._forget = (
+            None
+            if len(forget) == 0
+            else batch_stream(forget, bs, generator=derive_generator(seed, "sfr_on/forget"), device=self.device)
         )
-        self._retain = None if retain is None or len(retain) == 0 else batch_stream(
-            retain, bs, generator=derive_generator(seed, "sfr_on/remain"), device=self.device
+        self._retain = (
+            None
+            if retain is None or len(retain) == 0
+            else batch_stream(retain, bs, generator=derive_generator(seed, "sfr_on/remain"), device=self.device)
         )
         self.forget_steps = 0
         self.remain_steps = 0
@@ -178,9 +182,15 @@ class SFROnSession:
         batch = next(self._forget)
         cfg = self.config
         value = masked_forget_step(
-            self.model, self.optimizer, batch.inputs, batch.labels, mask=self.mask,
-            coefficient=cfg.forget_scale * cosine_factor(t, cfg.sfr_iters), temperature=cfg.temperature,
-            clip_norm=cfg.clip_norm, step=self.forget_steps,
+            self.model,
+            self.optimizer,
+            batch.inputs,
+            batch.labels,
+            mask=self.mask,
+            coefficient=cfg.forget_scale * cosine_factor(t, cfg.sfr_iters),
+            temperature=cfg.temperature,
+            clip_norm=cfg.clip_norm,
+            step=self.forget_steps,
         )
         self.forget_steps += 1
         return value
@@ -224,15 +234,24 @@ def sfr_on(ws: Workspace) -> Delta:
     """
     saliency = build_saliency_mask(ws.model, split=ws.split, config=ws.config, context=ws.context)
     session = SFROnSession(
-        ws.model, forget=ws.split.forget, retain=ws.split.retain, mask=saliency.mask,
-        config=ws.config, seed=ws.context.seed, device=ws.device,
+        ws.model,
+        forget=ws.split.forget,
+        retain=ws.split.retain,
+        mask=saliency.mask,
+        config=ws.config,
+        seed=ws.context.seed,
+        device=ws.device,
     )
     session.run()
     fisher_batches = saliency.forget_batches + saliency.remain_batches
     ws.cost.forward_backward += fisher_batches + session.forget_steps + session.remain_steps
     ws.cost.extra.update(
-        saliency=ws.config.saliency, mask_fraction=saliency.fraction, fisher_forget_batches=saliency.forget_batches,
-        fisher_remain_batches=saliency.remain_batches, fisher_seconds=saliency.seconds,
-        forget_steps=session.forget_steps, remain_steps=session.remain_steps,
+        saliency=ws.config.saliency,
+        mask_fraction=saliency.fraction,
+        fisher_forget_batches=saliency.forget_batches,
+        fisher_remain_batches=saliency.remain_batches,
+        fisher_seconds=saliency.seconds,
+        forget_steps=session.forget_steps,
+        remain_steps=session.remain_steps,
     )
     return session.delta()

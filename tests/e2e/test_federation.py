@@ -16,11 +16,22 @@ pytestmark = pytest.mark.e2e
 
 def test_three_clients_two_rounds_beat_chance_and_record_histories(tmp_path: Path, data_root: Path) -> None:
     # Prepare: 3 clients x 600 real MNIST images, 2 rounds, history keep ratio 0.1.
-    config = FederationConfig.from_run_config({
-        "num-clients": 3, "num-server-rounds": 2, "samples-per-client": 600, "test-samples": 1000,
-        "model": "mlp", "batch-size": 32, "lr": 0.1, "keep-ratio": 0.1, "data-root": str(data_root),
-        "out-dir": str(tmp_path / "out"), "state-root": str(tmp_path / "state"), "client-threads": 1,
-    })
+    config = FederationConfig.from_run_config(
+        {
+            "num-clients": 3,
+            "num-server-rounds": 2,
+            "samples-per-client": 600,
+            "test-samples": 1000,
+            "model": "mlp",
+            "batch-size": 32,
+            "lr": 0.1,
+            "keep-ratio": 0.1,
+            "data-root": str(data_root),
+            "out-dir": str(tmp_path / "out"),
+            "state-root": str(tmp_path / "state"),
+            "client-threads": 1,
+        }
+    )
 
     # Execute
     results = run_federation(config, cpus=2, progress=False)
@@ -29,8 +40,9 @@ def test_three_clients_two_rounds_beat_chance_and_record_histories(tmp_path: Pat
     # both rounds with the FedAvg weights the server sent (1/3 each: equal shares).
     assert results["rounds"][-1]["test_accuracy"] > 0.6
     for pid in range(3):
-        site = ClientSite.open(config=config, partition_id=pid, state_dir=tmp_path / "state" / f"client-{pid}",
-                               lineage="inspect")
+        site = ClientSite.open(
+            config=config, partition_id=pid, state_dir=tmp_path / "state" / f"client-{pid}", lineage="inspect"
+        )
         run_dirs = list((tmp_path / "state" / f"client-{pid}" / "history").iterdir())
         assert len(run_dirs) == 1
         store = HistoryStore.for_model(run_dirs[0], model=site.build_model(), config=config.history)

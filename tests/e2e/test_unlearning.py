@@ -25,8 +25,17 @@ from simulations.unlearning_run import run_with_retrain
 
 pytestmark = pytest.mark.e2e
 
-SMALL = {"samples-per-client": 800, "test-samples": 1000, "model": "mlp", "batch-size": 32, "lr": 0.1,
-         "num-server-rounds": 3, "keep-ratio": 0.1, "unlearn-method": "partial_amnesiac", "client-threads": 1}
+SMALL = {
+    "samples-per-client": 800,
+    "test-samples": 1000,
+    "model": "mlp",
+    "batch-size": 32,
+    "lr": 0.1,
+    "num-server-rounds": 3,
+    "keep-ratio": 0.1,
+    "unlearn-method": "partial_amnesiac",
+    "client-threads": 1,
+}
 
 
 def federation(tmp: Path, data_root: Path, **extra: Any) -> FederationConfig:
@@ -36,9 +45,15 @@ def federation(tmp: Path, data_root: Path, **extra: Any) -> FederationConfig:
 
 @pytest.fixture(scope="module")
 def iid_run(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> tuple[FederationConfig, dict[str, Any]]:
-    config = federation(tmp_path_factory.mktemp("iid"), data_root, **{
-        "num-clients": 4, "deletion-schedule": "3:0:sample:0.2;3:3:client", "backdoor-client": 3,
-    })
+    config = federation(
+        tmp_path_factory.mktemp("iid"),
+        data_root,
+        **{
+            "num-clients": 4,
+            "deletion-schedule": "3:0:sample:0.2;3:3:client",
+            "backdoor-client": 3,
+        },
+    )
     return config, run_with_retrain(config, cpus=2)
 
 
@@ -81,16 +96,30 @@ def test_client_deletion_removes_backdoor_and_keeps_accuracy(iid_run: tuple[Fede
 
 def test_class_deletion_forgets_a_class_only_that_client_held(tmp_path: Path, data_root: Path) -> None:
     # Prepare: 5 clients with 2 classes each (every class on exactly one client).
-    data = DataConfig(dataset="mnist", root=str(data_root), num_clients=5, partition="by_class", classes_per_client=2,
-                      samples_per_client=800, test_samples=1000)
+    data = DataConfig(
+        dataset="mnist",
+        root=str(data_root),
+        num_clients=5,
+        partition="by_class",
+        classes_per_client=2,
+        samples_per_client=800,
+        test_samples=1000,
+    )
     partition = build_federated_data(data, seed=0).partition
     labels = build_federated_data(data, seed=0).bundle.train.labels.numpy()
     label = int(np.unique(labels[partition.for_client(1)])[0])
     held_elsewhere = [k for k in (0, 2, 3, 4) if label in set(labels[partition.for_client(k)].tolist())]
     assert held_elsewhere == []
-    config = federation(tmp_path, data_root, **{
-        "num-clients": 5, "partition": "by_class", "classes-per-client": 2, "deletion-schedule": f"3:1:class:{label}",
-    })
+    config = federation(
+        tmp_path,
+        data_root,
+        **{
+            "num-clients": 5,
+            "partition": "by_class",
+            "classes-per-client": 2,
+            "deletion-schedule": f"3:1:class:{label}",
+        },
+    )
 
     # Execute (RT is known without running it: no client keeps this class, so RT never predicts it)
     report = run_with_retrain(config, cpus=2, with_rt=False)
@@ -98,7 +127,9 @@ def test_class_deletion_forgets_a_class_only_that_client_held(tmp_path: Path, da
     # Assert: the class is forgotten, the other clients' data is still recognised.
     (phase,) = [e for e in report["events"] if e["type"] == "unlearning"]
     assert phase["status"] == "served"
-    main = FederationConfig.from_run_config({**config.to_run_config(), "state-root": str(tmp_path / "unlearn" / "state")})
+    main = FederationConfig.from_run_config(
+        {**config.to_run_config(), "state-root": str(tmp_path / "unlearn" / "state")}
+    )
     truth = ground_truth(main)
     before = load_model(main, next((tmp_path / "unlearn" / "models").glob("before-*.pt")))
     after = load_model(main, tmp_path / "unlearn" / "model.pt")

@@ -42,8 +42,13 @@ def load_tensors(path: str) -> dict[str, torch.Tensor]:
     return loaded
 
 
-def serve(conn: Connection, run_config: dict[str, Any], state_dir: str, exchange_dir: str,
-          die_at_start: tuple[int, str] | None = None) -> None:
+def serve(
+    conn: Connection,
+    run_config: dict[str, Any],
+    state_dir: str,
+    exchange_dir: str,
+    die_at_start: tuple[int, str] | None = None,
+) -> None:
     """Process entry point: open the site and finish interrupted commits (``die_at_start``
     kills it in there), then answer commands until the pipe closes."""
     torch.set_num_threads(1)
@@ -140,8 +145,15 @@ def _pending(site: ClientSite) -> list[str]:
     return [r.request_id for r in site.queue.pending()]
 
 
-HANDLERS = {"submit": _submit, "train": _train, "forget": _forget, "verify": _verify, "commit": _commit,
-            "fail": _fail, "status": _status}
+HANDLERS = {
+    "submit": _submit,
+    "train": _train,
+    "forget": _forget,
+    "verify": _verify,
+    "commit": _commit,
+    "fail": _fail,
+    "status": _status,
+}
 
 
 def describe(reply: dict[str, Any]) -> str:

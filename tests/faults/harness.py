@@ -79,8 +79,9 @@ def node_contexts(num_nodes: int, *, plans: Mapping[int, str] | None = None) -> 
         node_config: dict[str, Any] = {"partition-id": pid, "num-partitions": num_nodes}
         if plans and pid in plans:
             node_config["fault-plan"] = plans[pid]
-        contexts[100 + pid] = Context(run_id=RUN_ID, node_id=100 + pid, node_config=node_config,
-                                      state=RecordDict(), run_config={})
+        contexts[100 + pid] = Context(
+            run_id=RUN_ID, node_id=100 + pid, node_config=node_config, state=RecordDict(), run_config={}
+        )
     return contexts
 
 
@@ -134,8 +135,9 @@ class RecordingGrid:
         return replies
 
 
-def run_simulation_recorded(config: FederationConfig, *, received: list[Message], sent: list[Message],
-                            cpus: int = 2) -> dict[str, Any]:
+def run_simulation_recorded(
+    config: FederationConfig, *, received: list[Message], sent: list[Message], cpus: int = 2
+) -> dict[str, Any]:
     """Run the project's ServerApp and ClientApp on Flower's simulation engine (Ray), with
     every message the server exchanges recorded; return the parsed results.json."""
     from flwr.serverapp import Grid, ServerApp
@@ -151,8 +153,9 @@ def run_simulation_recorded(config: FederationConfig, *, received: list[Message]
         inner(RecordingGrid(grid, received, sent), context)  # type: ignore[arg-type]
 
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": cpus}}
-    run_simulation(server_app=app, client_app=_client_app(), num_supernodes=config.data.num_clients,
-                   backend_config=backend)  # type: ignore[arg-type]
+    run_simulation(
+        server_app=app, client_app=_client_app(), num_supernodes=config.data.num_clients, backend_config=backend
+    )  # type: ignore[arg-type]
     assert config.out_dir is not None
     path = Path(config.out_dir) / "results.json"
     assert path.exists(), f"the simulation wrote no {path}; see the log"

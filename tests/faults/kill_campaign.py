@@ -84,11 +84,18 @@ def _forkserver() -> Any:
 class ClientProcess:
     """One client process, started from a forkserver that preloaded torch and fedunlearn."""
 
-    def __init__(self, ctx: Any, run_config: dict[str, Any], state_dir: Path, exchange: Path,
-                 die_at_start: tuple[int, str] | None) -> None:
+    def __init__(
+        self,
+        ctx: Any,
+        run_config: dict[str, Any],
+        state_dir: Path,
+        exchange: Path,
+        die_at_start: tuple[int, str] | None,
+    ) -> None:
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=serve, args=(child, run_config, str(state_dir), str(exchange), die_at_start),
-                                daemon=True)
+        self.proc = ctx.Process(
+            target=serve, args=(child, run_config, str(state_dir), str(exchange), die_at_start), daemon=True
+        )
         self.proc.start()
         child.close()
         self.fired = False
@@ -129,8 +136,13 @@ class KillCampaign:
         self.root, self.rng, self.target_kills, self.p_kill = root, random.Random(seed), kills, p_kill
         self.state_dir, self.exchange = root / "client", root / "exchange"
         self.exchange.mkdir(parents=True, exist_ok=True)
-        self.run_config = {**CLIENT_CONFIG, "data-root": str(root / "no-data"), "seed": seed,
-                           "out-dir": str(root / "server"), "state-root": str(root / "state")}
+        self.run_config = {
+            **CLIENT_CONFIG,
+            "data-root": str(root / "no-data"),
+            "seed": seed,
+            "out-dir": str(root / "server"),
+            "state-root": str(root / "state"),
+        }
         self.config = FederationConfig.from_run_config(self.run_config)
         data = build_federated_data(self.config.data, seed=seed)
         self.all_ids = data.client_train(0).ids()
@@ -292,8 +304,9 @@ class KillCampaign:
         self.figures.rounds += 1
         server_round = self.round
         global_path = save_tensors(self.root / "server-global.pt", self.global_state)
-        reply = self.call("train", killable=killable, round=server_round, weights=self.weights,
-                          **{"global": global_path})
+        reply = self.call(
+            "train", killable=killable, round=server_round, weights=self.weights, **{"global": global_path}
+        )
         if reply is None or not reply["ok"]:
             self.weights[server_round] = 0.0  # the update never reached the model
             return
@@ -314,8 +327,7 @@ class KillCampaign:
     def _phase(self, request_id: str, killable: bool) -> bool:
         """One unlearning phase; False if the client died (stop serving this round)."""
         path = save_tensors(self.root / "server-global.pt", self.global_state)
-        reply = self.call("forget", killable=killable, request_id=request_id, weights=self.weights,
-                          **{"global": path})
+        reply = self.call("forget", killable=killable, request_id=request_id, weights=self.weights, **{"global": path})
         if reply is None or not reply["ok"]:
             return self._report(reply, request_id, killable)
         theta = add_scaled(self.global_state, load_tensors(reply["delta"]))
@@ -323,10 +335,17 @@ class KillCampaign:
         reply = self.call("verify", killable=killable, request_id=request_id, theta=theta_path)
         if reply is None or not reply["ok"]:
             return self._report(reply, request_id, killable)
-        draft = DeletionReceipt(request_id=request_id, kind="", num_samples=0, ids_sha256="",
-                                model_digest_before=state_digest(self.global_state),
-                                model_digest_after=state_digest(theta), server_round=self.round,
-                                method=self.config.unlearn.method, metrics=reply["metrics"])
+        draft = DeletionReceipt(
+            request_id=request_id,
+            kind="",
+            num_samples=0,
+            ids_sha256="",
+            model_digest_before=state_digest(self.global_state),
+            model_digest_after=state_digest(theta),
+            server_round=self.round,
+            method=self.config.unlearn.method,
+            metrics=reply["metrics"],
+        )
         self.global_state = theta  # verified: applied before the commit, as the server does
         self.awaiting[request_id] = draft.to_json()
         return self._commit(request_id, killable) is not None

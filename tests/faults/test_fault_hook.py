@@ -24,13 +24,27 @@ ENABLED = {faults.ENABLE_ENV: faults.ENABLE_TOKEN}
 
 def test_plans_parse_into_rules() -> None:
     rules = faults.parse_plan("forget:error:2, remain:nan:1:3,verify:hang=1.5:1")
-    assert rules == (faults.FaultRule("forget", "error", 2), faults.FaultRule("remain", "nan", 1, 3),
-                     faults.FaultRule("verify", "hang", 1, 0, 1.5))
+    assert rules == (
+        faults.FaultRule("forget", "error", 2),
+        faults.FaultRule("remain", "nan", 1, 3),
+        faults.FaultRule("verify", "hang", 1, 0, 1.5),
+    )
     assert [rules[1].applies(n) for n in range(5)] == [False, False, False, True, False]
 
 
-@pytest.mark.parametrize("plan", ["forget:error", "forgot:error:1", "forget:explode:1", "forget:error:0",
-                                  "forget:error:1:-1", "forget:hang=0:1", "forget:hang=x:1", "a:b:c:d:e"])
+@pytest.mark.parametrize(
+    "plan",
+    [
+        "forget:error",
+        "forgot:error:1",
+        "forget:explode:1",
+        "forget:error:0",
+        "forget:error:1:-1",
+        "forget:hang=0:1",
+        "forget:hang=x:1",
+        "a:b:c:d:e",
+    ],
+)
 def test_malformed_plans_are_refused_naming_the_entry(plan: str) -> None:
     with pytest.raises(ConfigError) as caught:
         faults.parse_plan(f"train:error:1,{plan}")
@@ -74,14 +88,23 @@ def test_array_corruptions_break_exactly_what_they_say(action: str) -> None:
 
 
 def test_a_node_with_a_plan_but_no_token_answers_every_message_with_the_cause(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Prepare: a fault plan left in a node config, fault injection not enabled
     monkeypatch.delenv(faults.ENABLE_ENV, raising=False)
-    config = FederationConfig.from_run_config({"dataset": "digits", "model": "mlp", "num-clients": 1,
-                                               "samples-per-client": 40, "state-root": str(tmp_path / "state")})
-    strategy = UnlearningFedAvg(config, reference=ArrayRecord(build_model(
-        "mlp", input_shape=(1, 28, 28), num_classes=10).state_dict()))
+    config = FederationConfig.from_run_config(
+        {
+            "dataset": "digits",
+            "model": "mlp",
+            "num-clients": 1,
+            "samples-per-client": 40,
+            "state-root": str(tmp_path / "state"),
+        }
+    )
+    strategy = UnlearningFedAvg(
+        config, reference=ArrayRecord(build_model("mlp", input_shape=(1, 28, 28), num_classes=10).state_dict())
+    )
     from clients.client_app import app
 
     grid = LocalGrid(app, node_contexts(1, plans={0: "train:nan:1"}))

@@ -37,7 +37,8 @@ def _campaign(tmp_path: Path, *, seed: int, kills: int) -> tuple[KillCampaign, F
 
 def _summary(figures: Figures) -> dict[str, object]:
     return {k: v for k, v in vars(figures).items() if k != "unexpected_errors"} | {
-        "unexpected_errors": len(figures.unexpected_errors)}
+        "unexpected_errors": len(figures.unexpected_errors)
+    }
 
 
 def _assert_durable(campaign: KillCampaign, figures: Figures, kills: int) -> None:
@@ -60,8 +61,9 @@ def _assert_durable(campaign: KillCampaign, figures: Figures, kills: int) -> Non
         assert ids is not None and receipt.ids_sha256 == ids_digest(ids)
         assert campaign.server_receipts[request.request_id]["ids_sha256"] == receipt.ids_sha256
     # Assert: the forgotten samples are in no stored step (each purged exactly once, never re-trained)
-    store = HistoryStore.for_model(campaign.state_dir / "history" / "kill-test", model=campaign._model(),
-                                   config=campaign.config.history)
+    store = HistoryStore.for_model(
+        campaign.state_dir / "history" / "kill-test", model=campaign._model(), config=campaign.config.history
+    )
     store.verify()
     forgotten = queue.forgotten_ids()
     assert len(forgotten) > 0 and store.affected_steps(forgotten) == []

@@ -26,9 +26,21 @@ pytestmark = pytest.mark.faults
 
 REQUEST = "sched-r1-c1-sample-10p0"
 Outcome = tuple[Path, dict[str, Any], LocalGrid]
-BASE = {"dataset": "digits", "model": "mlp", "num-clients": 3, "samples-per-client": 150, "test-samples": 200,
-        "num-server-rounds": 3, "deletion-schedule": "1:1:sample:10", "phase-retries": 1, "batch-size": 32,
-        "lr": 0.1, "unlearn-outer-steps": 2, "unlearn-remain-steps": 2, "client-threads": 1}
+BASE = {
+    "dataset": "digits",
+    "model": "mlp",
+    "num-clients": 3,
+    "samples-per-client": 150,
+    "test-samples": 200,
+    "num-server-rounds": 3,
+    "deletion-schedule": "1:1:sample:10",
+    "phase-retries": 1,
+    "batch-size": 32,
+    "lr": 0.1,
+    "unlearn-outer-steps": 2,
+    "unlearn-remain-steps": 2,
+    "client-threads": 1,
+}
 
 
 def run(tmp: Path, plans: dict[int, str], **overrides: Any) -> tuple[dict[str, Any], LocalGrid]:
@@ -123,8 +135,12 @@ def test_dropout_and_timeout_defer_and_the_request_is_served_later(
 ) -> None:
     tmp, results, _ = dropouts
     events = unlearning_events(results)
-    assert [(e["round"], e["status"]) for e in events] == [(1, "deferred"), (2, "deferred"), (3, "unconfirmed"),
-                                                           (3, "served")]
+    assert [(e["round"], e["status"]) for e in events] == [
+        (1, "deferred"),
+        (2, "deferred"),
+        (3, "unconfirmed"),
+        (3, "served"),
+    ]
     assert_rolled_back(events[0])
     assert "crashed" in events[0]["reason"]  # the ClientApp raised (a dying client)
     assert_rolled_back(events[1])

@@ -36,8 +36,9 @@ FLOATS = {k: torch.zeros_like(v) for k, v in STATE.items() if v.is_floating_poin
 PARAMS = {k: torch.zeros_like(p) for k, p in MODEL.named_parameters()}
 
 
-def reply(arrays: dict[str, torch.Tensor] | None = None, metrics: dict[str, Any] | None = None,
-          receipt: str | None = None) -> Message:
+def reply(
+    arrays: dict[str, torch.Tensor] | None = None, metrics: dict[str, Any] | None = None, receipt: str | None = None
+) -> Message:
     content = RecordDict()
     if arrays is not None:
         content[protocol.ARRAYS] = ArrayRecord(arrays)
@@ -60,24 +61,36 @@ def test_well_formed_replies_pass() -> None:
     assert reply_problem(reply(None, {protocol.PURGED_STEPS: 3}, "{}"), SERVER, EXPECT_COMMIT) is None  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("make", "expect", "text"), [
-    (lambda: reply(None, FORGET_METRICS), EXPECT_FORGET, "no 'arrays' record"),
-    (lambda: reply({**FLOATS, "evil": torch.zeros(2)}, FORGET_METRICS), EXPECT_FORGET, "unexpected entries: evil"),
-    (lambda: reply({k: v for k, v in FLOATS.items() if k != "linear.weight"}, FORGET_METRICS), EXPECT_FORGET,
-     "missing entries: linear.weight"),
-    (lambda: reply({**FLOATS, "linear.bias": torch.zeros(3)}, FORGET_METRICS), EXPECT_FORGET,
-     "linear.bias: shape (3,)"),
-    (lambda: reply({**FLOATS, "linear.bias": torch.tensor([0.0, math.inf])}, FORGET_METRICS), EXPECT_FORGET,
-     "NaN or Inf"),
-    (lambda: reply(FLOATS, {protocol.FA_BEFORE: 0.9}), EXPECT_FORGET, "['num-retained'] missing"),
-    (lambda: reply(FLOATS, {**FORGET_METRICS, protocol.FA_BEFORE: math.nan}), EXPECT_FORGET, "finite numbers"),
-    (lambda: reply(FLOATS, {**FORGET_METRICS, "x": [1, 2, 3]}), EXPECT_FORGET, "finite numbers"),
-    (lambda: reply(FLOATS, {protocol.NUM_EXAMPLES: 4}), EXPECT_FISHER, "unexpected entries: norm.running_mean"),
-    (lambda: reply(None, {}, "not json"), EXPECT_COMMIT, "no readable 'receipt' record"),
-    (lambda: reply(None, {}, "[1, 2]"), EXPECT_COMMIT, "no readable 'receipt' record"),
-    (lambda: reply(None, {}), EXPECT_COMMIT, "no readable 'receipt' record"),
-    (lambda: reply({"evil": torch.zeros(2)}), Expect(), "unexpected entries: evil"),
-])
+@pytest.mark.parametrize(
+    ("make", "expect", "text"),
+    [
+        (lambda: reply(None, FORGET_METRICS), EXPECT_FORGET, "no 'arrays' record"),
+        (lambda: reply({**FLOATS, "evil": torch.zeros(2)}, FORGET_METRICS), EXPECT_FORGET, "unexpected entries: evil"),
+        (
+            lambda: reply({k: v for k, v in FLOATS.items() if k != "linear.weight"}, FORGET_METRICS),
+            EXPECT_FORGET,
+            "missing entries: linear.weight",
+        ),
+        (
+            lambda: reply({**FLOATS, "linear.bias": torch.zeros(3)}, FORGET_METRICS),
+            EXPECT_FORGET,
+            "linear.bias: shape (3,)",
+        ),
+        (
+            lambda: reply({**FLOATS, "linear.bias": torch.tensor([0.0, math.inf])}, FORGET_METRICS),
+            EXPECT_FORGET,
+            "NaN or Inf",
+        ),
+        (lambda: reply(FLOATS, {protocol.FA_BEFORE: 0.9}), EXPECT_FORGET, "['num-retained'] missing"),
+        (lambda: reply(FLOATS, {**FORGET_METRICS, protocol.FA_BEFORE: math.nan}), EXPECT_FORGET, "finite numbers"),
+        (lambda: reply(FLOATS, {**FORGET_METRICS, "x": [1, 2, 3]}), EXPECT_FORGET, "finite numbers"),
+        (lambda: reply(FLOATS, {protocol.NUM_EXAMPLES: 4}), EXPECT_FISHER, "unexpected entries: norm.running_mean"),
+        (lambda: reply(None, {}, "not json"), EXPECT_COMMIT, "no readable 'receipt' record"),
+        (lambda: reply(None, {}, "[1, 2]"), EXPECT_COMMIT, "no readable 'receipt' record"),
+        (lambda: reply(None, {}), EXPECT_COMMIT, "no readable 'receipt' record"),
+        (lambda: reply({"evil": torch.zeros(2)}), Expect(), "unexpected entries: evil"),
+    ],
+)
 def test_malformed_replies_are_named_and_left_out(make: Any, expect: Expect, text: str) -> None:
     problem = reply_problem(make(), SERVER, expect)  # type: ignore[arg-type]
     assert problem is not None and text in problem
@@ -102,8 +115,12 @@ def _train_reply(node: int, value: float, count: int) -> Message:
     with server_identity():
         instruction = Message(RecordDict(), dst_node_id=node, message_type=protocol.TRAIN)
     state = {k: torch.full_like(v, value) if v.is_floating_point() else v for k, v in STATE.items()}
-    content = RecordDict({protocol.ARRAYS: ArrayRecord(state), protocol.METRICS: MetricRecord(
-        {protocol.NUM_EXAMPLES: count, protocol.TRAIN_LOSS: 1.0})})
+    content = RecordDict(
+        {
+            protocol.ARRAYS: ArrayRecord(state),
+            protocol.METRICS: MetricRecord({protocol.NUM_EXAMPLES: count, protocol.TRAIN_LOSS: 1.0}),
+        }
+    )
     return Message(content, reply_to=instruction)
 
 
@@ -132,8 +149,12 @@ def test_malformed_evaluate_replies_are_left_out_instead_of_failing_the_round() 
         return Message(RecordDict({protocol.METRICS: MetricRecord(metrics)}), reply_to=instruction)
 
     good = {protocol.NUM_EXAMPLES: 10, protocol.EVAL_LOSS: 1.0, protocol.EVAL_ACCURACY: 0.5}
-    replies = [evaluation(101, good), evaluation(102, {**good, protocol.EVAL_ACCURACY: math.nan}),
-               evaluation(103, {**good, "extra": 1.0}), evaluation(101, {**good, protocol.EVAL_ACCURACY: 0.7})]
+    replies = [
+        evaluation(101, good),
+        evaluation(102, {**good, protocol.EVAL_ACCURACY: math.nan}),
+        evaluation(103, {**good, "extra": 1.0}),
+        evaluation(101, {**good, protocol.EVAL_ACCURACY: 0.7}),
+    ]
 
     # Execute
     metrics = strategy.aggregate_evaluate(2, replies)

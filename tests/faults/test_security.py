@@ -26,28 +26,54 @@ from server.strategy import UnlearningFedAvg
 pytestmark = pytest.mark.faults
 
 #: Every message type the ClientApp answers: none of them files or edits a request.
-CLIENT_API = {"query.status", "train.default", "evaluate.default", "query.fisher", "train.forget", "train.remain",
-              "evaluate.verify", "query.commit"}
+CLIENT_API = {
+    "query.status",
+    "train.default",
+    "evaluate.default",
+    "query.fisher",
+    "train.forget",
+    "train.remain",
+    "evaluate.verify",
+    "query.commit",
+}
 BENCHMARK_ONLY = {"query.snapshot", "query.restore"}
 
 
 @pytest.fixture
 def federation(tmp_path: Path) -> tuple[LocalGrid, UnlearningFedAvg, FederationConfig]:
-    config = FederationConfig.from_run_config({
-        "dataset": "digits", "model": "mlp", "num-clients": 2, "samples-per-client": 80, "test-samples": 40,
-        "state-root": str(tmp_path / "state"), "out-dir": str(tmp_path), "client-threads": 1, "batch-size": 20})
+    config = FederationConfig.from_run_config(
+        {
+            "dataset": "digits",
+            "model": "mlp",
+            "num-clients": 2,
+            "samples-per-client": 80,
+            "test-samples": 40,
+            "state-root": str(tmp_path / "state"),
+            "out-dir": str(tmp_path),
+            "client-threads": 1,
+            "batch-size": 20,
+        }
+    )
     model = build_model("mlp", input_shape=(1, 28, 28), num_classes=10)
     strategy = UnlearningFedAvg(config, reference=ArrayRecord(model.state_dict()))
     strategy.partition_of = {100: 0, 101: 1}
     return LocalGrid(client_app, node_contexts(2)), strategy, config
 
 
-def send(grid: LocalGrid, strategy: UnlearningFedAvg, node: int, kind: str, config: dict[str, object],
-         *, arrays: bool = False) -> Message:
+def send(
+    grid: LocalGrid,
+    strategy: UnlearningFedAvg,
+    node: int,
+    kind: str,
+    config: dict[str, object],
+    *,
+    arrays: bool = False,
+) -> Message:
     with server_identity():
         state = build_model("mlp", input_shape=(1, 28, 28), num_classes=10).state_dict()
-        message = strategy.build_message(node, kind, arrays=ArrayRecord(state) if arrays else None,
-                                         config=ConfigRecord(config))  # type: ignore[arg-type]
+        message = strategy.build_message(
+            node, kind, arrays=ArrayRecord(state) if arrays else None, config=ConfigRecord(config)
+        )  # type: ignore[arg-type]
         (reply,) = grid.send_and_receive([message])
     return reply
 
@@ -66,7 +92,8 @@ def test_state_rollback_actions_exist_only_in_the_benchmark_client() -> None:
 
 @pytest.mark.parametrize("kind", [protocol.TRAIN_FORGET, protocol.EVALUATE_VERIFY, protocol.QUERY_COMMIT])
 def test_a_request_id_the_client_does_not_hold_is_refused_and_nothing_changes(
-    federation: tuple[LocalGrid, UnlearningFedAvg, FederationConfig], kind: str,
+    federation: tuple[LocalGrid, UnlearningFedAvg, FederationConfig],
+    kind: str,
 ) -> None:
     # Prepare: the node has joined (its site files exist) and holds one request of its own
     grid, strategy, config = federation
@@ -76,13 +103,21 @@ def test_a_request_id_the_client_does_not_hold_is_refused_and_nothing_changes(
     before = tree_bytes(state_dir)
 
     # Execute: the server names a request it invented
-    reply = send(grid, strategy, 100, kind, {protocol.REQUEST_ID: "server-made", protocol.STEP: 0,
-                                             protocol.RECEIPT_JSON: "{}"}, arrays=kind != protocol.QUERY_COMMIT)
+    reply = send(
+        grid,
+        strategy,
+        100,
+        kind,
+        {protocol.REQUEST_ID: "server-made", protocol.STEP: 0, protocol.RECEIPT_JSON: "{}"},
+        arrays=kind != protocol.QUERY_COMMIT,
+    )
 
     # Assert
     assert reply.has_error()
-    assert reply.error.reason == ("UnknownRequestError: this client has no deletion request 'server-made'; "
-                                  "requests are filed only on the owning node (fedunlearn forget)")
+    assert reply.error.reason == (
+        "UnknownRequestError: this client has no deletion request 'server-made'; "
+        "requests are filed only on the owning node (fedunlearn forget)"
+    )
     assert tree_bytes(state_dir) == before
 
 
@@ -99,8 +134,9 @@ def test_a_request_naming_another_clients_ids_is_refused_without_leaking_them(
     before = tree_bytes(state_dir)
 
     # Execute
-    reply = send(grid, strategy, 100, protocol.TRAIN_FORGET, {protocol.REQUEST_ID: "wrong", protocol.STEP: 0},
-                 arrays=True)
+    reply = send(
+        grid, strategy, 100, protocol.TRAIN_FORGET, {protocol.REQUEST_ID: "wrong", protocol.STEP: 0}, arrays=True
+    )
 
     # Assert: refused by the owning check; the server learns that, not which ids
     assert reply.has_error() and reply.error.reason.startswith("DeletionRequestError: this client cannot serve")
@@ -118,15 +154,26 @@ def test_a_failure_report_only_records_the_reason_on_a_pending_request(
     original = queue.submit(DeletionRequest.new(kind="sample", sample_ids=[3], request_id="own"))
 
     # Execute
-    reply = send(grid, strategy, 100, protocol.QUERY_COMMIT, {protocol.REQUEST_ID: "own",
-                                                             protocol.OUTCOME: protocol.OUTCOME_FAILED,
-                                                             protocol.REASON: "round 4: verify failed"})
+    reply = send(
+        grid,
+        strategy,
+        100,
+        protocol.QUERY_COMMIT,
+        {
+            protocol.REQUEST_ID: "own",
+            protocol.OUTCOME: protocol.OUTCOME_FAILED,
+            protocol.REASON: "round 4: verify failed",
+        },
+    )
 
     # Assert: same request (ids, kind), still pending, with the reason and one more attempt
     updated = queue.get("own")
     assert not reply.has_error() and reply.content[protocol.METRICS][protocol.ATTEMPTS] == 1
     assert (updated.status, updated.last_error, updated.attempts) == ("pending", "round 4: verify failed", 1)
-    assert (updated.kind, updated.sample_ids, updated.created_at) == (original.kind, original.sample_ids,
-                                                                      original.created_at)
+    assert (updated.kind, updated.sample_ids, updated.created_at) == (
+        original.kind,
+        original.sample_ids,
+        original.created_at,
+    )
     status = send(grid, strategy, 100, protocol.QUERY_STATUS, {})
     assert dict(status.content[protocol.STATUS]) == {protocol.PARTITION_ID: 0, protocol.REQUEST_IDS: ["own"]}

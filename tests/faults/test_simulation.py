@@ -32,12 +32,30 @@ pytestmark = pytest.mark.faults
 SAMPLE_REQUEST, CLASS_REQUEST = "sched-r1-c1-sample-20p0", "sched-r2-c2-class-3"
 PLAN = "1=forget:error:2,commit:lost:2:1;0=remain:nan:2"
 MAX_INT_LIST = 5  # no list of more integers than this may reach the server
-METRIC_KEYS = {protocol.NUM_EXAMPLES, protocol.TRAIN_LOSS, protocol.PENDING_DELETIONS, protocol.HISTORY_BYTES,
-               protocol.HISTORY_DENSE_BYTES, protocol.HISTORY_ROUND_BYTES, protocol.EVAL_LOSS, protocol.EVAL_ACCURACY,
-               protocol.NUM_RETAINED, protocol.FA_BEFORE, protocol.FORWARD_BACKWARD, protocol.HISTORY_STEPS,
-               protocol.SECONDS, protocol.PURGED_STEPS, protocol.FA, protocol.RA, protocol.MIA, protocol.ATTEMPTS}
-CONFIG_KEYS = {protocol.STATUS: {protocol.PARTITION_ID, protocol.REQUEST_IDS},
-               protocol.RECEIPT: {protocol.RECEIPT_JSON}}
+METRIC_KEYS = {
+    protocol.NUM_EXAMPLES,
+    protocol.TRAIN_LOSS,
+    protocol.PENDING_DELETIONS,
+    protocol.HISTORY_BYTES,
+    protocol.HISTORY_DENSE_BYTES,
+    protocol.HISTORY_ROUND_BYTES,
+    protocol.EVAL_LOSS,
+    protocol.EVAL_ACCURACY,
+    protocol.NUM_RETAINED,
+    protocol.FA_BEFORE,
+    protocol.FORWARD_BACKWARD,
+    protocol.HISTORY_STEPS,
+    protocol.SECONDS,
+    protocol.PURGED_STEPS,
+    protocol.FA,
+    protocol.RA,
+    protocol.MIA,
+    protocol.ATTEMPTS,
+}
+CONFIG_KEYS = {
+    protocol.STATUS: {protocol.PARTITION_ID, protocol.REQUEST_IDS},
+    protocol.RECEIPT: {protocol.RECEIPT_JSON},
+}
 RECEIPT_FIELDS = {f.name for f in dataclasses.fields(DeletionReceipt)}
 
 
@@ -52,12 +70,26 @@ class Run:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Run:
     tmp = tmp_path_factory.mktemp("simulation")
-    config = FederationConfig.from_run_config({
-        "dataset": "mnist", "data-root": str(data_root), "model": "mlp", "num-clients": 3, "samples-per-client": 300,
-        "test-samples": 500, "num-server-rounds": 3, "batch-size": 32, "lr": 0.1, "client-threads": 1,
-        "deletion-schedule": "1:1:sample:20;2:2:class:3", "phase-retries": 1, "unlearn-outer-steps": 2,
-        "unlearn-remain-steps": 2, "out-dir": str(tmp), "state-root": str(tmp / "state"),
-    })
+    config = FederationConfig.from_run_config(
+        {
+            "dataset": "mnist",
+            "data-root": str(data_root),
+            "model": "mlp",
+            "num-clients": 3,
+            "samples-per-client": 300,
+            "test-samples": 500,
+            "num-server-rounds": 3,
+            "batch-size": 32,
+            "lr": 0.1,
+            "client-threads": 1,
+            "deletion-schedule": "1:1:sample:20;2:2:class:3",
+            "phase-retries": 1,
+            "unlearn-outer-steps": 2,
+            "unlearn-remain-steps": 2,
+            "out-dir": str(tmp),
+            "state-root": str(tmp / "state"),
+        }
+    )
     received: list[Message] = []
     sent: list[Message] = []
     with pytest.MonkeyPatch.context() as patch:
@@ -159,8 +191,11 @@ def test_no_sample_ids_history_entries_or_tracebacks_reach_the_server(run: Run) 
 
 
 def test_receipts_carry_a_hash_of_the_ids_not_the_ids(run: Run) -> None:
-    receipts = [json.loads(str(r.content[protocol.RECEIPT][protocol.RECEIPT_JSON]))
-                for r in run.received if not r.has_error() and protocol.RECEIPT in r.content.config_records]
+    receipts = [
+        json.loads(str(r.content[protocol.RECEIPT][protocol.RECEIPT_JSON]))
+        for r in run.received
+        if not r.has_error() and protocol.RECEIPT in r.content.config_records
+    ]
     assert {r["request_id"] for r in receipts} == {SAMPLE_REQUEST, CLASS_REQUEST}
     for receipt in receipts:
         assert set(receipt) == RECEIPT_FIELDS
@@ -171,11 +206,24 @@ def test_receipts_carry_a_hash_of_the_ids_not_the_ids(run: Run) -> None:
 
 
 def test_the_server_only_names_requests_its_clients_announced(run: Run) -> None:
-    announced = {str(i) for r in run.received if not r.has_error() and protocol.STATUS in r.content.config_records
-                 for i in r.content[protocol.STATUS].get(protocol.REQUEST_IDS, [])}  # type: ignore[union-attr]
-    named = {str(m.content[protocol.CONFIG][protocol.REQUEST_ID]) for m in run.sent
-             if protocol.REQUEST_ID in m.content.config_records.get(protocol.CONFIG, {})}
+    announced = {
+        str(i)
+        for r in run.received
+        if not r.has_error() and protocol.STATUS in r.content.config_records
+        for i in r.content[protocol.STATUS].get(protocol.REQUEST_IDS, [])
+    }  # type: ignore[union-attr]
+    named = {
+        str(m.content[protocol.CONFIG][protocol.REQUEST_ID])
+        for m in run.sent
+        if protocol.REQUEST_ID in m.content.config_records.get(protocol.CONFIG, {})
+    }
     assert named == announced == {SAMPLE_REQUEST, CLASS_REQUEST}
     assert {m.metadata.message_type for m in run.sent} <= {
-        protocol.QUERY_STATUS, protocol.TRAIN, protocol.EVALUATE, protocol.TRAIN_FORGET, protocol.TRAIN_REMAIN,
-        protocol.EVALUATE_VERIFY, protocol.QUERY_COMMIT}
+        protocol.QUERY_STATUS,
+        protocol.TRAIN,
+        protocol.EVALUATE,
+        protocol.TRAIN_FORGET,
+        protocol.TRAIN_REMAIN,
+        protocol.EVALUATE_VERIFY,
+        protocol.QUERY_COMMIT,
+    }

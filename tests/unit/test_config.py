@@ -68,12 +68,18 @@ RANGE_CASES: list[tuple[type, dict[str, Any], list[str]]] = [
     (HistoryConfig, {"selector": "largest"}, ["selector", "topk, random", "'largest'"]),
     (HistoryConfig, {"value_dtype": "int8"}, ["value_dtype", "float32, float16", "'int8'"]),
     (UnlearnConfig, {"method": ""}, ["method", "non-empty"]),
-    *[(UnlearnConfig, {name: 0.0}, [name, "> 0", "got 0.0"])
-      for name in ("lr", "sfr_lr", "temperature", "clip_norm", "saliency_gamma", "apply_scale")],
-    *[(UnlearnConfig, {name: 0}, [name, ">= 1", "got 0"])
-      for name in ("epochs", "batch_size", "sfr_iters", "forget_freq", "outer_steps")],
-    *[(UnlearnConfig, {name: -1}, [name, ">= 0", "got -1"])
-      for name in ("finetune_epochs", "remain_steps", "forget_scale", "weight_decay")],
+    *[
+        (UnlearnConfig, {name: 0.0}, [name, "> 0", "got 0.0"])
+        for name in ("lr", "sfr_lr", "temperature", "clip_norm", "saliency_gamma", "apply_scale")
+    ],
+    *[
+        (UnlearnConfig, {name: 0}, [name, ">= 1", "got 0"])
+        for name in ("epochs", "batch_size", "sfr_iters", "forget_freq", "outer_steps")
+    ],
+    *[
+        (UnlearnConfig, {name: -1}, [name, ">= 0", "got -1"])
+        for name in ("finetune_epochs", "remain_steps", "forget_scale", "weight_decay")
+    ],
     (UnlearnConfig, {"max_steps": 0}, ["max_steps", ">= 1 or None", "got 0"]),
     (UnlearnConfig, {"select_ratio": 0.0}, ["select_ratio", "(0.0, 1.0]", "got 0.0"]),
     (UnlearnConfig, {"selector": "all"}, ["selector", "topk, random", "'all'"]),
@@ -99,10 +105,14 @@ RANGE_CASES: list[tuple[type, dict[str, Any], list[str]]] = [
 ]
 
 
-@pytest.mark.parametrize(("config_type", "kwargs", "fragments"), RANGE_CASES,
-                         ids=[f"{c.__name__}-{next(iter(k))}-{next(iter(k.values()))}" for c, k, _ in RANGE_CASES])
-def test_each_range_check_names_field_value_and_range(config_type: type, kwargs: dict[str, Any],
-                                                      fragments: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("config_type", "kwargs", "fragments"),
+    RANGE_CASES,
+    ids=[f"{c.__name__}-{next(iter(k))}-{next(iter(k.values()))}" for c, k, _ in RANGE_CASES],
+)
+def test_each_range_check_names_field_value_and_range(
+    config_type: type, kwargs: dict[str, Any], fragments: list[str]
+) -> None:
     # Execute
     problems = _problems(config_type, **kwargs)
 
@@ -147,9 +157,19 @@ def test_one_config_reports_all_its_problems_together() -> None:
 
 def test_from_run_config_maps_kebab_keys_into_nested_configs() -> None:
     # Prepare
-    run_config = {"num-server-rounds": 7, "num-clients": 4, "lr": 0.2, "keep-ratio": 0.5, "history-selector": "random",
-                  "unlearn-method": "sfr_on", "sfr-iters": 20, "record-history": False, "data-root": "/data",
-                  "backdoor-client": 2, "unlearn-max-steps": 9}
+    run_config = {
+        "num-server-rounds": 7,
+        "num-clients": 4,
+        "lr": 0.2,
+        "keep-ratio": 0.5,
+        "history-selector": "random",
+        "unlearn-method": "sfr_on",
+        "sfr-iters": 20,
+        "record-history": False,
+        "data-root": "/data",
+        "backdoor-client": 2,
+        "unlearn-max-steps": 9,
+    }
 
     # Execute
     config = FederationConfig.from_run_config(run_config)
@@ -165,8 +185,15 @@ def test_from_run_config_maps_kebab_keys_into_nested_configs() -> None:
 
 def test_from_run_config_coerces_strings_from_the_command_line() -> None:
     # Prepare
-    run_config = {"num-server-rounds": "4", "lr": "0.5", "record-history": "false", "download": "yes",
-                  "samples-per-client": "none", "test-samples": "100", "seed": 3.0}
+    run_config = {
+        "num-server-rounds": "4",
+        "lr": "0.5",
+        "record-history": "false",
+        "download": "yes",
+        "samples-per-client": "none",
+        "test-samples": "100",
+        "seed": 3.0,
+    }
 
     # Execute
     config = FederationConfig.from_run_config(run_config)
@@ -179,8 +206,15 @@ def test_from_run_config_coerces_strings_from_the_command_line() -> None:
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("num-server-rounds", "three"), ("num-server-rounds", 2.5), ("num-clients", True), ("lr", "fast"),
-     ("record-history", "maybe"), ("record-history", 0.5), ("lr", True)],
+    [
+        ("num-server-rounds", "three"),
+        ("num-server-rounds", 2.5),
+        ("num-clients", True),
+        ("lr", "fast"),
+        ("record-history", "maybe"),
+        ("record-history", 0.5),
+        ("lr", True),
+    ],
 )
 def test_from_run_config_rejects_wrong_types_naming_the_key(key: str, value: Any) -> None:
     # Execute
@@ -193,8 +227,15 @@ def test_from_run_config_rejects_wrong_types_naming_the_key(key: str, value: Any
 
 def test_from_run_config_collects_all_problems_in_one_error() -> None:
     # Prepare: an unknown key, a wrong type, and out-of-range values in three nested configs and the top level
-    run_config = {"num-client": 3, "batch-size": "big", "keep-ratio": 2.0, "num-clients": 0,
-                  "unlearn-lr": -1.0, "fraction-train": 0.0, "backdoor-trigger-size": 99}
+    run_config = {
+        "num-client": 3,
+        "batch-size": "big",
+        "keep-ratio": 2.0,
+        "num-clients": 0,
+        "unlearn-lr": -1.0,
+        "fraction-train": 0.0,
+        "backdoor-trigger-size": 99,
+    }
 
     # Execute
     problems = _problems(FederationConfig.from_run_config, run_config=run_config)
@@ -227,10 +268,16 @@ def test_top_level_checks_use_valid_nested_values_when_a_nested_config_fails() -
     [
         FederationConfig(),
         FederationConfig(
-            num_rounds=2, seed=11, out_dir="/tmp/out", retrain_mode=True, deletion_schedule="1:0:client",
+            num_rounds=2,
+            seed=11,
+            out_dir="/tmp/out",
+            retrain_mode=True,
+            deletion_schedule="1:0:client",
             data=DataConfig(dataset="organamnist", root="/d", partition="dirichlet", samples_per_client=50),
-            train=TrainConfig(model="mlp", lr=0.3), history=HistoryConfig(keep_ratio=1.0, value_dtype="float16"),
-            unlearn=UnlearnConfig(method="sfr_on", target_fa=0.2), backdoor=BackdoorConfig(client=1),
+            train=TrainConfig(model="mlp", lr=0.3),
+            history=HistoryConfig(keep_ratio=1.0, value_dtype="float16"),
+            unlearn=UnlearnConfig(method="sfr_on", target_fa=0.2),
+            backdoor=BackdoorConfig(client=1),
         ),
     ],
     ids=["defaults", "custom"],
@@ -312,10 +359,12 @@ def test_node_config_missing_keys_are_named_with_the_fix() -> None:
 
 @pytest.mark.parametrize(
     ("node_config", "fragment"),
-    [({"partition-id": 5, "num-partitions": 5}, "partition-id must be in [0, 5), got 5"),
-     ({"partition-id": -1, "num-partitions": 2}, "partition-id must be in [0, 2), got -1"),
-     ({"partition-id": 0, "num-partitions": 0}, "num-partitions must be >= 1, got 0"),
-     ({"partition-id": "first", "num-partitions": 2}, "'partition-id' expects int, got 'first'")],
+    [
+        ({"partition-id": 5, "num-partitions": 5}, "partition-id must be in [0, 5), got 5"),
+        ({"partition-id": -1, "num-partitions": 2}, "partition-id must be in [0, 2), got -1"),
+        ({"partition-id": 0, "num-partitions": 0}, "num-partitions must be >= 1, got 0"),
+        ({"partition-id": "first", "num-partitions": 2}, "'partition-id' expects int, got 'first'"),
+    ],
 )
 def test_node_config_rejects_bad_values(node_config: dict[str, Any], fragment: str) -> None:
     # Execute

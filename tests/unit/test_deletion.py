@@ -19,9 +19,16 @@ DISTINCT_IDS = [987654321, 123456789, 555000111]  # easy to spot in any file
 
 def _receipt(request_id: str, ids: list[int], served_at: float = 100.0) -> DeletionReceipt:
     return DeletionReceipt(
-        request_id=request_id, kind="sample", num_samples=len(ids), ids_sha256=ids_digest(ids),
-        model_digest_before="a" * 64, model_digest_after="b" * 64, server_round=3, method="partial_amnesiac",
-        metrics={"fa": 0.1}, served_at=served_at,
+        request_id=request_id,
+        kind="sample",
+        num_samples=len(ids),
+        ids_sha256=ids_digest(ids),
+        model_digest_before="a" * 64,
+        model_digest_after="b" * 64,
+        server_round=3,
+        method="partial_amnesiac",
+        metrics={"fa": 0.1},
+        served_at=served_at,
     )
 
 
@@ -213,10 +220,16 @@ def test_mark_served_stores_forgotten_ids_and_receipt_without_ids(tmp_path: Path
     queue.record_failure(first.request_id, "transient")
 
     # Execute
-    served = queue.mark_served(first.request_id, resolved_ids=np.array(DISTINCT_IDS[:2]),
-                               receipt=_receipt(first.request_id, DISTINCT_IDS[:2], served_at=50.0))
-    queue.mark_served(second.request_id, resolved_ids=np.array(DISTINCT_IDS[1:]),
-                      receipt=_receipt(second.request_id, DISTINCT_IDS[1:], served_at=40.0))
+    served = queue.mark_served(
+        first.request_id,
+        resolved_ids=np.array(DISTINCT_IDS[:2]),
+        receipt=_receipt(first.request_id, DISTINCT_IDS[:2], served_at=50.0),
+    )
+    queue.mark_served(
+        second.request_id,
+        resolved_ids=np.array(DISTINCT_IDS[1:]),
+        receipt=_receipt(second.request_id, DISTINCT_IDS[1:], served_at=40.0),
+    )
 
     # Assert
     assert served.status == "served" and served.served_at == 50.0 and served.last_error is None

@@ -105,12 +105,24 @@ def test_retained_rounds_start_at_one_every_interval() -> None:
 # -------------------------------------------------------------------------------- log
 def write_two_rounds(log: UpdateLog) -> None:
     """Round 1 from zeros; client 2 is the one to forget (its updates are huge)."""
-    log.write_round(1, global_state={"w": torch.zeros(2)}, updates=[
-        (0, 100, {"w": torch.tensor([1.0, 0.0])}), (1, 300, {"w": torch.tensor([0.0, 1.0])}),
-        (2, 200, {"w": torch.tensor([9.0, 9.0])})])
-    log.write_round(2, global_state={"w": torch.tensor([5.0, 5.0])}, updates=[
-        (0, 100, {"w": torch.tensor([3.0, 4.0])}), (1, 300, {"w": torch.tensor([0.0, 2.0])}),
-        (2, 200, {"w": torch.tensor([7.0, 7.0])})])
+    log.write_round(
+        1,
+        global_state={"w": torch.zeros(2)},
+        updates=[
+            (0, 100, {"w": torch.tensor([1.0, 0.0])}),
+            (1, 300, {"w": torch.tensor([0.0, 1.0])}),
+            (2, 200, {"w": torch.tensor([9.0, 9.0])}),
+        ],
+    )
+    log.write_round(
+        2,
+        global_state={"w": torch.tensor([5.0, 5.0])},
+        updates=[
+            (0, 100, {"w": torch.tensor([3.0, 4.0])}),
+            (1, 300, {"w": torch.tensor([0.0, 2.0])}),
+            (2, 200, {"w": torch.tensor([7.0, 7.0])}),
+        ],
+    )
 
 
 def test_log_round_trips_and_counts_its_bytes(tmp_path: Path) -> None:
@@ -252,8 +264,12 @@ def client(keeps_data: bool = False, silent: set[int] | None = None) -> Responde
             metrics = {protocol.NUM_EXAMPLES: 200, protocol.FA: 0.9, **({protocol.RA: 0.95} if keeps_data else {})}
             return RecordDict({protocol.METRICS: MetricRecord(metrics)})
         if kind == protocol.TRAIN_REMAIN:
-            return RecordDict({protocol.ARRAYS: ArrayRecord({"weight": fresh[node]}),
-                               protocol.METRICS: MetricRecord({protocol.NUM_EXAMPLES: 50})})
+            return RecordDict(
+                {
+                    protocol.ARRAYS: ArrayRecord({"weight": fresh[node]}),
+                    protocol.METRICS: MetricRecord({protocol.NUM_EXAMPLES: 50}),
+                }
+            )
         receipt = {**json.loads(str(message.content[protocol.CONFIG][protocol.RECEIPT_JSON])), "kind": "client"}
         return RecordDict({protocol.RECEIPT: ConfigRecord({protocol.RECEIPT_JSON: json.dumps(receipt)})})
 
@@ -262,16 +278,24 @@ def client(keeps_data: bool = False, silent: set[int] | None = None) -> Responde
 
 def train_reply(strategy: UnlearningFedAvg, node: int, weight: torch.Tensor, count: int) -> Message:
     instruction = strategy.build_message(node, protocol.TRAIN, arrays=None, config=ConfigRecord())
-    content = RecordDict({protocol.ARRAYS: ArrayRecord({"weight": weight}),
-                          protocol.METRICS: MetricRecord({protocol.NUM_EXAMPLES: count})})
+    content = RecordDict(
+        {
+            protocol.ARRAYS: ArrayRecord({"weight": weight}),
+            protocol.METRICS: MetricRecord({protocol.NUM_EXAMPLES: count}),
+        }
+    )
     return Message(content, reply_to=instruction)
 
 
 @pytest.fixture
 def state(tmp_path: Path) -> ServerState:
     """A server after two logged rounds (the same numbers as ``write_two_rounds``, as 2x2 weights)."""
-    config = FederationConfig(data=DataConfig(num_clients=3), state_root=str(tmp_path), phase_retries=0,
-                              unlearn=UnlearnConfig(method="federaser", max_ta_drop=1.0))
+    config = FederationConfig(
+        data=DataConfig(num_clients=3),
+        state_root=str(tmp_path),
+        phase_retries=0,
+        unlearn=UnlearnConfig(method="federaser", max_ta_drop=1.0),
+    )
     initial = ArrayRecord({"weight": torch.zeros(2, 2)})
     strategy = UnlearningFedAvg(config, reference=initial)
     strategy.partition_of.update(NODES)
@@ -280,12 +304,15 @@ def state(tmp_path: Path) -> ServerState:
     server = ServerState(config, strategy, initial, model, test, RunResults(config={}))
     attach_update_log(server)
     starts = {1: torch.zeros(2, 2), 2: torch.full((2, 2), 5.0)}
-    updates = {1: {101: t([[1.0, 0.0], [0.0, 0.0]]), 102: t([[0.0, 0.0], [0.0, 1.0]]), 103: torch.full((2, 2), 9.0)},
-               2: {101: t([[3.0, 4.0], [0.0, 0.0]]), 102: t([[0.0, 0.0], [0.0, 2.0]]), 103: torch.full((2, 2), 7.0)}}
+    updates = {
+        1: {101: t([[1.0, 0.0], [0.0, 0.0]]), 102: t([[0.0, 0.0], [0.0, 1.0]]), 103: torch.full((2, 2), 9.0)},
+        2: {101: t([[3.0, 4.0], [0.0, 0.0]]), 102: t([[0.0, 0.0], [0.0, 2.0]]), 103: torch.full((2, 2), 7.0)},
+    }
     counts = {101: 100, 102: 300, 103: 200}
     for r in (1, 2):
-        strategy.last_train_replies = [train_reply(strategy, n, starts[r] + u, counts[n])
-                                       for n, u in updates[r].items()]
+        strategy.last_train_replies = [
+            train_reply(strategy, n, starts[r] + u, counts[n]) for n, u in updates[r].items()
+        ]
         for hook in server.round_hooks:
             hook(server, r, ArrayRecord({"weight": starts[r]}))
     server.arrays = ArrayRecord({"weight": torch.full((2, 2), 6.0)})  # the trained global model
@@ -298,14 +325,21 @@ def test_setup_adds_the_hook_and_the_hook_logs_each_round(state: ServerState) ->
     assert state.round_hooks == [record_round]
     assert [e["round"] for e in events] == [1, 2] and events[0]["clients"] == [0, 1, 2]
     assert events[-1]["total_bytes"] == update_log(state).disk_bytes() > 0
-    assert torch.equal(update_log(state).load_update(update_log(state).rounds()[1], 0)["weight"],
-                       t([[3.0, 4.0], [0.0, 0.0]]))
+    assert torch.equal(
+        update_log(state).load_update(update_log(state).rounds()[1], 0)["weight"], t([[3.0, 4.0], [0.0, 0.0]])
+    )
 
 
 def test_no_log_is_kept_in_retrain_mode(tmp_path: Path) -> None:
     config = FederationConfig(state_root=str(tmp_path), retrain_mode=True)
-    server = ServerState(config, UnlearningFedAvg(config, reference=ArrayRecord({"w": torch.zeros(1)})),
-                         ArrayRecord({"w": torch.zeros(1)}), nn.Linear(1, 1), None, RunResults(config={}))  # type: ignore[arg-type]
+    server = ServerState(
+        config,
+        UnlearningFedAvg(config, reference=ArrayRecord({"w": torch.zeros(1)})),
+        ArrayRecord({"w": torch.zeros(1)}),
+        nn.Linear(1, 1),
+        None,
+        RunResults(config={}),
+    )  # type: ignore[arg-type]
 
     attach_update_log(server)
 
@@ -323,10 +357,13 @@ def test_phase_rebuilds_the_model_without_the_client_and_commits(state: ServerSt
     assert torch.allclose(state.arrays.to_torch_state_dict()["weight"], t([[1.75, 1.25], [0.0, 0.75]]))
     assert 103 in state.strategy.departed
     calibration = [m for m in grid.sent if m.metadata.message_type == protocol.TRAIN_REMAIN]
-    assert {m.metadata.dst_node_id: m.content[protocol.CONFIG][protocol.REMAIN_STEPS] for m in calibration} == \
-        {101: 1, 102: 3}  # ceil(0.5 * ceil(100 / 64)), ceil(0.5 * ceil(300 / 64))
-    assert torch.allclose(calibration[0].content[protocol.ARRAYS].to_torch_state_dict()["weight"],
-                          t([[0.25, 0.0], [0.0, 0.75]]))
+    assert {m.metadata.dst_node_id: m.content[protocol.CONFIG][protocol.REMAIN_STEPS] for m in calibration} == {
+        101: 1,
+        102: 3,
+    }  # ceil(0.5 * ceil(100 / 64)), ceil(0.5 * ceil(300 / 64))
+    assert torch.allclose(
+        calibration[0].content[protocol.ARRAYS].to_torch_state_dict()["weight"], t([[0.25, 0.0], [0.0, 0.75]])
+    )
     assert outcome.stats.messages == 10  # probe, 2 calibrations, verify, commit: each sent and answered
     assert outcome.metrics["calibration_steps"] == 4 and outcome.metrics["log_rounds"] == 2
     assert outcome.metrics["log_bytes"] > outcome.metrics["log_bytes_freed"] > 0

@@ -163,8 +163,9 @@ def test_lenet_has_lenet5_size() -> None:
     assert 44_000 <= count <= 62_000
 
 
-@pytest.mark.parametrize(("name", "low", "high"), [("convnet", 0, 500_000), ("alexnet", 0, 2_500_000),
-                                                   ("resnet9", 500_000, 2_500_000)])
+@pytest.mark.parametrize(
+    ("name", "low", "high"), [("convnet", 0, 500_000), ("alexnet", 0, 2_500_000), ("resnet9", 500_000, 2_500_000)]
+)
 def test_models_stay_within_their_size_budget(name: str, low: int, high: int) -> None:
     # Execute
     count = count_parameters(build_model(name, input_shape=(3, 28, 28), num_classes=11))

@@ -94,8 +94,11 @@ def test_stop_loss_is_the_cross_entropy_of_a_uniform_guess() -> None:
 
 def test_pga_stays_in_the_ball_around_the_given_model(trained: tuple) -> None:
     model, data = trained
-    near = [parameter_vector(model) + 0.01 * torch.randn(parameter_vector(model).shape,
-                                                          generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    near = [
+        parameter_vector(model)
+        + 0.01 * torch.randn(parameter_vector(model).shape, generator=torch.Generator().manual_seed(i))
+        for i in range(3)
+    ]
 
     def close_factory() -> nn.Module:  # random models close to w_ref make a small ball
         fresh = tiny_model()
@@ -104,10 +107,11 @@ def test_pga_stays_in_the_ball_around_the_given_model(trained: tuple) -> None:
         return fresh
 
     calls: list[int] = []
-    correction = get_method("pga")(model, split=split_of(data, 16), config=CONFIG,
-                                   context=UnlearnContext(model_factory=close_factory, seed=0))
+    correction = get_method("pga")(
+        model, split=split_of(data, 16), config=CONFIG, context=UnlearnContext(model_factory=close_factory, seed=0)
+    )
 
-    distance = math.sqrt(sum(float((d ** 2).sum()) for d in correction.delta.values()))
+    distance = math.sqrt(sum(float((d**2).sum()) for d in correction.delta.values()))
     assert len(calls) == PGA_RANDOM_MODELS
     assert correction.cost.extra["projections"] >= 1
     assert distance <= correction.info["radius"] * (1 + 1e-5)
@@ -144,8 +148,9 @@ def test_pga_stops_once_the_loss_reaches_a_uniform_guess(trained: tuple) -> None
 def test_pga_respects_max_steps_and_target_fa(trained: tuple) -> None:
     model, data = trained
 
-    one = pga(model, split=split_of(data, 16), config=UnlearnConfig(epochs=5, batch_size=8, max_steps=1),
-              context=context())
+    one = pga(
+        model, split=split_of(data, 16), config=UnlearnConfig(epochs=5, batch_size=8, max_steps=1), context=context()
+    )
     none = pga(model, split=split_of(data, 16), config=UnlearnConfig(target_fa=1.0), context=context())
 
     assert one.info["steps"] == 1

@@ -33,8 +33,18 @@ def _delta(generator: torch.Generator) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize(
     ("numel", "ratio", "expected"),
-    [(100, 0.07, 7), (100, 0.1, 10), (100, 0.29, 29), (1000, 0.57, 570), (10, 0.01, 1), (3, 0.5, 2),
-     (7, 1.0, 7), (1, 0.01, 1), (48000, 0.1, 4800), (0, 0.5, 0)],
+    [
+        (100, 0.07, 7),
+        (100, 0.1, 10),
+        (100, 0.29, 29),
+        (1000, 0.57, 570),
+        (10, 0.01, 1),
+        (3, 0.5, 2),
+        (7, 1.0, 7),
+        (1, 0.01, 1),
+        (48000, 0.1, 4800),
+        (0, 0.5, 0),
+    ],
 )
 def test_layer_keep_count_examples(numel: int, ratio: float, expected: int) -> None:
     # Assert

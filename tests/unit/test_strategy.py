@@ -62,13 +62,21 @@ def _instruction(node_id: int, strategy: UnlearningFedAvg) -> Message:
     return strategy.build_message(node_id, protocol.TRAIN, arrays=ArrayRecord(_state(0.0)), config=ConfigRecord())
 
 
-def _reply(node_id: int, strategy: UnlearningFedAvg, *, state: dict[str, torch.Tensor] | None = None,
-           metrics: dict[str, float] | None = None, extra: RecordDict | None = None) -> Message:
+def _reply(
+    node_id: int,
+    strategy: UnlearningFedAvg,
+    *,
+    state: dict[str, torch.Tensor] | None = None,
+    metrics: dict[str, float] | None = None,
+    extra: RecordDict | None = None,
+) -> Message:
     default_metrics = {protocol.NUM_EXAMPLES: 10, protocol.TRAIN_LOSS: 1.0}
-    content = RecordDict({
-        protocol.ARRAYS: ArrayRecord(state if state is not None else _state(1.0)),
-        protocol.METRICS: MetricRecord(metrics if metrics is not None else default_metrics),
-    })
+    content = RecordDict(
+        {
+            protocol.ARRAYS: ArrayRecord(state if state is not None else _state(1.0)),
+            protocol.METRICS: MetricRecord(metrics if metrics is not None else default_metrics),
+        }
+    )
     for key, record in (extra or {}).items():
         content[key] = record
     return Message(content, reply_to=_instruction(node_id, strategy))
@@ -101,8 +109,11 @@ def test_aggregate_train_is_hand_computed_fedavg_and_records_weights() -> None:
     assert torch.allclose(aggregated["fc.bias"], torch.tensor([0.1, 9.9]))
     # train loss 0.1*2.0 + 0.3*1.0 + 0.6*0.5 = 0.8
     assert math.isclose(float(metrics[protocol.TRAIN_LOSS]), 0.8)  # type: ignore[arg-type]
-    assert strategy.round_weights == {101: {1: pytest.approx(0.1)}, 102: {1: pytest.approx(0.3)},
-                                      103: {1: pytest.approx(0.6)}}
+    assert strategy.round_weights == {
+        101: {1: pytest.approx(0.1)},
+        102: {1: pytest.approx(0.3)},
+        103: {1: pytest.approx(0.6)},
+    }
     assert [m.metadata.src_node_id for m in strategy.last_train_replies] == [101, 102, 103]
 
 
@@ -110,8 +121,10 @@ def test_round_weights_accumulate_per_round_and_node() -> None:
     # Prepare
     strategy = _strategy()
     strategy.aggregate_train(1, _good_replies(strategy))
-    second = [_reply(101, strategy, metrics={protocol.NUM_EXAMPLES: 25, protocol.TRAIN_LOSS: 1.0}),
-              _reply(103, strategy, metrics={protocol.NUM_EXAMPLES: 75, protocol.TRAIN_LOSS: 1.0})]
+    second = [
+        _reply(101, strategy, metrics={protocol.NUM_EXAMPLES: 25, protocol.TRAIN_LOSS: 1.0}),
+        _reply(103, strategy, metrics={protocol.NUM_EXAMPLES: 75, protocol.TRAIN_LOSS: 1.0}),
+    ]
 
     # Execute
     strategy.aggregate_train(2, second)
@@ -144,8 +157,17 @@ def _bad_reply(kind: str, strategy: UnlearningFedAvg) -> Message:
     return _reply(103, strategy, metrics=metrics)  # type: ignore[arg-type]
 
 
-BAD_KINDS = ["error", "nan", "wrong-shape", "missing-key", "extra-array-record", "no-num-examples",
-             "nan-num-examples", "negative-num-examples", "list-num-examples"]
+BAD_KINDS = [
+    "error",
+    "nan",
+    "wrong-shape",
+    "missing-key",
+    "extra-array-record",
+    "no-num-examples",
+    "nan-num-examples",
+    "negative-num-examples",
+    "list-num-examples",
+]
 
 
 @pytest.mark.parametrize("kind", BAD_KINDS)
@@ -175,8 +197,11 @@ def test_reply_problems_explain_why(kind: str) -> None:
     problems = strategy.reply_problems(_bad_reply(kind, strategy))
 
     # Assert
-    expected = {"error": "client crashed", "nan": "fc.weight: contains NaN or Inf",
-                "no-num-examples": protocol.NUM_EXAMPLES}
+    expected = {
+        "error": "client crashed",
+        "nan": "fc.weight: contains NaN or Inf",
+        "no-num-examples": protocol.NUM_EXAMPLES,
+    }
     assert len(problems) == 1 and expected[kind] in problems[0]
 
 

@@ -28,8 +28,9 @@ def tiny_model() -> nn.Module:
 
 def make_data(n: int = 32) -> IndexedDataset:
     g = torch.Generator().manual_seed(1)
-    return IndexedDataset(torch.randn(n, 16, generator=g), torch.randint(0, 3, (n,), generator=g),
-                          torch.arange(500, 500 + n), 3)
+    return IndexedDataset(
+        torch.randn(n, 16, generator=g), torch.randint(0, 3, (n,), generator=g), torch.arange(500, 500 + n), 3
+    )
 
 
 class DenseTee:
@@ -44,8 +45,9 @@ class DenseTee:
         self.recorder.before_step(model)
 
     def after_step(self, model: nn.Module, sample_ids: torch.Tensor) -> None:
-        self.steps.append(({n: p.detach() - self.before[n] for n, p in model.named_parameters()},
-                           set(sample_ids.tolist())))
+        self.steps.append(
+            ({n: p.detach() - self.before[n] for n, p in model.named_parameters()}, set(sample_ids.tolist()))
+        )
         self.recorder.after_step(model, sample_ids)
 
 
@@ -65,27 +67,37 @@ def record(tmp: Path, keep_ratio: float, rounds: int = 2) -> Recorded:
 
 
 def forget_split(data: IndexedDataset, ids: list[int]) -> ForgetRetainSplit:
-    return ForgetRetainSplit(forget=data.subset_by_ids(torch.tensor(ids).numpy()),
-                             retain=data.without_ids(torch.tensor(ids).numpy()))
+    return ForgetRetainSplit(
+        forget=data.subset_by_ids(torch.tensor(ids).numpy()), retain=data.without_ids(torch.tensor(ids).numpy())
+    )
 
 
-def unlearn(name: str, model: nn.Module, split: ForgetRetainSplit, store: HistoryStore,
-            config: UnlearnConfig | None = None, **context: object):
+def unlearn(
+    name: str,
+    model: nn.Module,
+    split: ForgetRetainSplit,
+    store: HistoryStore,
+    config: UnlearnConfig | None = None,
+    **context: object,
+):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return get_method(name)(model, split=split, config=config or UnlearnConfig(),
-                                context=UnlearnContext(history=store, **context))
+        return get_method(name)(
+            model, split=split, config=config or UnlearnConfig(), context=UnlearnContext(history=store, **context)
+        )
 
 
 def test_partial_amnesiac_with_keep_ratio_one_equals_amnesiac_exactly(tmp_path: Path) -> None:
     _, model, data, store, _ = record(tmp_path, keep_ratio=1.0)
     split = forget_split(data, [501, 517, 530])
 
-    conventional = get_method("amnesiac")(model, split=split, config=UnlearnConfig(finetune_epochs=0),
-                                          context=UnlearnContext(history=store))
+    conventional = get_method("amnesiac")(
+        model, split=split, config=UnlearnConfig(finetune_epochs=0), context=UnlearnContext(history=store)
+    )
     with pytest.warns(UserWarning, match="unpruned"):
-        partial = get_method("partial_amnesiac")(model, split=split, config=UnlearnConfig(),
-                                                 context=UnlearnContext(history=store))
+        partial = get_method("partial_amnesiac")(
+            model, split=split, config=UnlearnConfig(), context=UnlearnContext(history=store)
+        )
 
     assert conventional.delta.keys() == partial.delta.keys()
     assert all(torch.equal(conventional.delta[k], partial.delta[k]) for k in conventional.delta)
@@ -147,8 +159,9 @@ def test_each_method_warns_when_the_history_suggests_the_other(tmp_path: Path) -
     _, model, data, store, _ = record(tmp_path, keep_ratio=0.5, rounds=1)
 
     with pytest.warns(UserWarning, match="partial amnesiac"):
-        get_method("amnesiac")(model, split=forget_split(data, [500]), config=UnlearnConfig(),
-                               context=UnlearnContext(history=store))
+        get_method("amnesiac")(
+            model, split=forget_split(data, [500]), config=UnlearnConfig(), context=UnlearnContext(history=store)
+        )
 
 
 def test_forget_set_overlapping_nothing_in_the_history_is_an_error(tmp_path: Path) -> None:
@@ -163,8 +176,7 @@ def test_missing_history_is_an_error() -> None:
     model, data = tiny_model(), make_data()
 
     with pytest.raises(UnlearningError, match="needs the client's update history"):
-        get_method("amnesiac")(model, split=forget_split(data, [500]), config=UnlearnConfig(),
-                               context=UnlearnContext())
+        get_method("amnesiac")(model, split=forget_split(data, [500]), config=UnlearnConfig(), context=UnlearnContext())
 
 
 def test_amnesiac_fine_tunes_on_retained_data_when_asked(tmp_path: Path) -> None:

@@ -70,8 +70,9 @@ def test_retrain_without_factory_or_train_config_is_an_error(missing: str) -> No
     kwargs.pop(missing)
 
     with pytest.raises(UnlearningError, match=missing):
-        get_method("retrain")(tiny_model(), split=make_split(), config=UnlearnConfig(),
-                              context=UnlearnContext(**kwargs))
+        get_method("retrain")(
+            tiny_model(), split=make_split(), config=UnlearnConfig(), context=UnlearnContext(**kwargs)
+        )
 
 
 def test_retrain_rejects_a_factory_of_another_architecture() -> None:
@@ -93,8 +94,12 @@ def test_finetune_descends_on_retained_data_only() -> None:
 
 
 def test_finetune_respects_max_steps() -> None:
-    correction = get_method("finetune")(tiny_model(), split=make_split(), config=UnlearnConfig(epochs=5, batch_size=4,
-                                        max_steps=7), context=UnlearnContext())
+    correction = get_method("finetune")(
+        tiny_model(),
+        split=make_split(),
+        config=UnlearnConfig(epochs=5, batch_size=4, max_steps=7),
+        context=UnlearnContext(),
+    )
 
     assert correction.cost.forward_backward == 7
 

@@ -64,8 +64,9 @@ def test_one_step_label_flip_is_minus_lr_times_the_gradient_on_the_flipped_batch
     model, split = tiny_model(), make_split()
     config = UnlearnConfig(epochs=1, batch_size=64, lr=0.1)  # one batch holds all of D_f: one step
     flipped = relabel_wrong(split.forget, generator=derive_generator(0, "wrong-labels"))
-    expected = gradient_step(tiny_model().eval(), flipped.inputs, flipped.labels, lr=0.1, ascent=False,
-                             what="t", step=0)
+    expected = gradient_step(
+        tiny_model().eval(), flipped.inputs, flipped.labels, lr=0.1, ascent=False, what="t", step=0
+    )
 
     correction = unlearn("label_flip", model, split, config)
 
@@ -74,8 +75,9 @@ def test_one_step_label_flip_is_minus_lr_times_the_gradient_on_the_flipped_batch
         torch.testing.assert_close(correction.delta[name], value, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("naive, partial", [("label_flip", "partial_label_flip"),
-                                            ("gradient_ascent", "partial_gradient_ascent")])
+@pytest.mark.parametrize(
+    "naive, partial", [("label_flip", "partial_label_flip"), ("gradient_ascent", "partial_gradient_ascent")]
+)
 def test_partial_one_step_touches_only_its_layerwise_top_entries(naive: str, partial: str) -> None:
     model, split = tiny_model(), make_split()
     config = UnlearnConfig(epochs=1, batch_size=64, lr=0.1, select_ratio=0.2)
@@ -161,8 +163,9 @@ def test_partial_methods_warn_when_nothing_is_pruned() -> None:
     model, split = tiny_model(), make_split()
 
     with pytest.warns(UserWarning, match="select_ratio=1.0"):
-        get_method("partial_gradient_ascent")(model, split=split, config=UnlearnConfig(select_ratio=1.0, epochs=1),
-                                              context=UnlearnContext())
+        get_method("partial_gradient_ascent")(
+            model, split=split, config=UnlearnConfig(select_ratio=1.0, epochs=1), context=UnlearnContext()
+        )
 
 
 def test_different_seeds_draw_different_wrong_labels() -> None:

@@ -63,8 +63,9 @@ def split_of(data: IndexedDataset, forget_positions: list[int]) -> ForgetRetainS
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, IndexedDataset, HistoryStore]:
     """A tiny model trained two rounds with a full history (one client, centralized)."""
     model, data = tiny_model(), make_data()
-    store = HistoryStore.for_model(Path(tmp_path_factory.mktemp("history")), model=model,
-                                   config=HistoryConfig(keep_ratio=1.0))
+    store = HistoryStore.for_model(
+        Path(tmp_path_factory.mktemp("history")), model=model, config=HistoryConfig(keep_ratio=1.0)
+    )
     for r in (1, 2):
         with store.record_round(r) as rec:
             train_local(model, data, config=TRAIN, seed=r, observer=rec)
@@ -75,8 +76,9 @@ def full_context(store: HistoryStore, seed: int = 0) -> UnlearnContext:
     return UnlearnContext(history=store, train_config=TRAIN, model_factory=tiny_model, seed=seed)
 
 
-def run(name: str, model: nn.Module, split: ForgetRetainSplit, context: UnlearnContext,
-        config: UnlearnConfig = CONFIG) -> Correction:
+def run(
+    name: str, model: nn.Module, split: ForgetRetainSplit, context: UnlearnContext, config: UnlearnConfig = CONFIG
+) -> Correction:
     """Call a method; warnings about degenerate settings are tested in the method's own tests."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -144,8 +146,9 @@ def test_forget_set_equal_to_the_whole_data_needs_retained_data(name: str, train
     model, data, store = trained
 
     with pytest.raises(UnlearningError, match="D_r is empty"):
-        get_method(name)(model, split=split_of(data, list(range(len(data)))), config=CONFIG,
-                         context=full_context(store))
+        get_method(name)(
+            model, split=split_of(data, list(range(len(data)))), config=CONFIG, context=full_context(store)
+        )
 
 
 def test_amnesiac_needs_retained_data_only_to_fine_tune(trained: tuple) -> None:
@@ -163,5 +166,6 @@ def test_huge_learning_rate_raises_on_non_finite_loss(trained: tuple) -> None:
     config = UnlearnConfig(lr=1e30, epochs=3, batch_size=8)
 
     with pytest.raises(UnlearningError, match="Inf|NaN|nan|inf"):
-        get_method("gradient_ascent")(model, split=split_of(data, list(range(24))), config=config,
-                                      context=full_context(store))
+        get_method("gradient_ascent")(
+            model, split=split_of(data, list(range(24))), config=config, context=full_context(store)
+        )

@@ -46,7 +46,7 @@ def test_adaptive_weights_are_the_softmax_of_minus_lambda_log_loss() -> None:
 
     weights = adaptive_weights(losses, 0.5)
 
-    by_hand = torch.tensor([2 ** 0.5, 1.0, 2 ** -0.5, 0.5]) / (2 ** 0.5 + 1.0 + 2 ** -0.5 + 0.5)
+    by_hand = torch.tensor([2**0.5, 1.0, 2**-0.5, 0.5]) / (2**0.5 + 1.0 + 2**-0.5 + 0.5)
     torch.testing.assert_close(weights, by_hand)
     torch.testing.assert_close(weights, torch.softmax(-0.5 * torch.log(losses), dim=0))
     torch.testing.assert_close(adaptive_weights(losses, 1e-12), torch.full((4,), 0.25))
@@ -144,10 +144,20 @@ def test_salun_topk_keeps_the_global_top_half_of_forget_gradients() -> None:
 
 def test_fast_steps_only_equal_manual_masked_adaptive_ascent() -> None:
     model, split = tiny_model(), make_split()
-    config = UnlearnConfig(sfr_iters=4, forget_freq=1, batch_size=64, momentum=0.0, weight_decay=0.0,
-                           sfr_lr=0.05, forget_scale=2.0, temperature=0.5, clip_norm=0.5)
-    mask = saliency_mask(diagonal_fisher(model, split.forget, batch_size=64),
-                         diagonal_fisher(model, split.retain, batch_size=64))
+    config = UnlearnConfig(
+        sfr_iters=4,
+        forget_freq=1,
+        batch_size=64,
+        momentum=0.0,
+        weight_decay=0.0,
+        sfr_lr=0.05,
+        forget_scale=2.0,
+        temperature=0.5,
+        clip_norm=0.5,
+    )
+    mask = saliency_mask(
+        diagonal_fisher(model, split.forget, batch_size=64), diagonal_fisher(model, split.retain, batch_size=64)
+    )
 
     session = SFROnSession(model, forget=split.forget, retain=split.retain, mask=mask, config=config, seed=0)
     session.run(remain=False)
@@ -155,8 +165,9 @@ def test_fast_steps_only_equal_manual_masked_adaptive_ascent() -> None:
     manual = tiny_model()
     for t in range(4):
         manual.train()
-        loss = adaptive_forget_loss(manual(split.forget.inputs), split.forget.labels, temperature=0.5,
-                                    coefficient=2.0 * cosine_factor(t, 4))
+        loss = adaptive_forget_loss(
+            manual(split.forget.inputs), split.forget.labels, temperature=0.5, coefficient=2.0 * cosine_factor(t, 4)
+        )
         grads = torch.autograd.grad(loss, list(manual.parameters()))
         masked = [g * mask[n] for (n, _), g in zip(manual.named_parameters(), grads, strict=True)]
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in masked]))
@@ -190,8 +201,7 @@ def test_sfr_on_uses_the_given_remain_fisher_instead_of_computing_it() -> None:
     forget_fisher = diagonal_fisher(model, split.forget, batch_size=8, shuffle_seed=0)
     given = {n: torch.full_like(f, float(f.median())) for n, f in forget_fisher.items()}
 
-    correction = get_method("sfr_on")(model, split=split, config=config,
-                                      context=UnlearnContext(remain_fisher=given))
+    correction = get_method("sfr_on")(model, split=split, config=config, context=UnlearnContext(remain_fisher=given))
 
     expected = saliency_mask(forget_fisher, given)
     fraction = sum(int(m.sum()) for m in expected.values()) / sum(m.numel() for m in expected.values())
@@ -203,22 +213,25 @@ def test_sfr_on_uses_the_given_remain_fisher_instead_of_computing_it() -> None:
 def test_other_saliency_rules(rule: str, fraction: float) -> None:
     model, split = tiny_model(), make_split()
 
-    correction = get_method("sfr_on")(model, split=split, config=UnlearnConfig(sfr_iters=2, saliency=rule),
-                                      context=UnlearnContext())
+    correction = get_method("sfr_on")(
+        model, split=split, config=UnlearnConfig(sfr_iters=2, saliency=rule), context=UnlearnContext()
+    )
 
     assert math.isclose(correction.cost.extra["mask_fraction"], fraction, abs_tol=0.01)
 
 
 def test_unknown_saliency_rule_lists_the_rules() -> None:
     with pytest.raises(UnknownNameError, match="fisher, none, salun_topk"):
-        get_method("sfr_on")(tiny_model(), split=make_split(), config=UnlearnConfig(saliency="magic"),
-                             context=UnlearnContext())
+        get_method("sfr_on")(
+            tiny_model(), split=make_split(), config=UnlearnConfig(saliency="magic"), context=UnlearnContext()
+        )
 
 
 def test_session_rejects_iterations_outside_the_schedule() -> None:
     model, split = tiny_model(), make_split()
-    session = SFROnSession(model, forget=split.forget, retain=None, mask=None, config=UnlearnConfig(sfr_iters=3),
-                           seed=0)
+    session = SFROnSession(
+        model, forget=split.forget, retain=None, mask=None, config=UnlearnConfig(sfr_iters=3), seed=0
+    )
 
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
         session.forget_step(3)
@@ -253,5 +266,11 @@ def test_remain_steps_zero_steps_and_empty_data() -> None:
 
     assert all(bool((d == 0).all()) for d in zero.values())
     with pytest.raises(UnlearningError, match="D_r is empty"):
-        remain_steps(model, split.retain.select(torch.zeros(len(split.retain), dtype=torch.bool)),
-                     steps=2, lr=0.1, batch_size=8, seed=0)
+        remain_steps(
+            model,
+            split.retain.select(torch.zeros(len(split.retain), dtype=torch.bool)),
+            steps=2,
+            lr=0.1,
+            batch_size=8,
+            seed=0,
+        )

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from helpers.receipts import sample_receipt
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -619,9 +620,7 @@ def pristine_queue(tmp_path_factory: pytest.TempPathFactory) -> Path:
     queue = DeletionQueue(folder)
     for i, ids in enumerate(([3, 4, 5], [7], [11, 12])):
         queue.submit(DeletionRequest.new(kind="sample", sample_ids=ids, request_id=f"r{i}"))
-    receipt = DeletionReceipt(
-        "r0", "sample", 3, ids_digest([3, 4, 5]), "a" * 64, "b" * 64, 2, "partial_amnesiac", {"FA": 0.5}
-    )
+    receipt = sample_receipt("r0", [3, 4, 5], server_round=2, metrics={"FA": 0.5})
     queue.mark_served("r0", resolved_ids=np.array([3, 4, 5]), receipt=receipt)
     queue.record_failure("r1", "verification failed")
     return folder

@@ -8,28 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.receipts import sample_receipt
 
 from fedunlearn.atomic import save_npy_atomic, write_bytes_atomic, write_json_atomic
-from fedunlearn.deletion import DeletionQueue, DeletionReceipt, DeletionRequest, ids_digest
+from fedunlearn.deletion import DeletionQueue, DeletionRequest, ids_digest
 from fedunlearn.errors import DeletionRequestError
 from fedunlearn.results import ClientRoundRecord, RoundRecord, RunResults
 
 DISTINCT_IDS = [987654321, 123456789, 555000111]  # easy to spot in any file
-
-
-def _receipt(request_id: str, ids: list[int], served_at: float = 100.0) -> DeletionReceipt:
-    return DeletionReceipt(
-        request_id=request_id,
-        kind="sample",
-        num_samples=len(ids),
-        ids_sha256=ids_digest(ids),
-        model_digest_before="a" * 64,
-        model_digest_after="b" * 64,
-        server_round=3,
-        method="partial_amnesiac",
-        metrics={"fa": 0.1},
-        served_at=served_at,
-    )
 
 
 def _all_files(folder: Path) -> list[str]:
@@ -187,7 +173,7 @@ def test_pending_lists_requests_oldest_first_until_served(tmp_path: Path) -> Non
 
     # Execute
     before = [r.request_id for r in queue.pending()]
-    queue.mark_served("early", resolved_ids=np.array([4, 5]), receipt=_receipt("early", [4, 5]))
+    queue.mark_served("early", resolved_ids=np.array([4, 5]), receipt=sample_receipt("early", [4, 5]))
     after = [r.request_id for r in queue.pending()]
 
     # Assert
@@ -223,12 +209,12 @@ def test_mark_served_stores_forgotten_ids_and_receipt_without_ids(tmp_path: Path
     served = queue.mark_served(
         first.request_id,
         resolved_ids=np.array(DISTINCT_IDS[:2]),
-        receipt=_receipt(first.request_id, DISTINCT_IDS[:2], served_at=50.0),
+        receipt=sample_receipt(first.request_id, DISTINCT_IDS[:2], served_at=50.0),
     )
     queue.mark_served(
         second.request_id,
         resolved_ids=np.array(DISTINCT_IDS[1:]),
-        receipt=_receipt(second.request_id, DISTINCT_IDS[1:], served_at=40.0),
+        receipt=sample_receipt(second.request_id, DISTINCT_IDS[1:], served_at=40.0),
     )
 
     # Assert
@@ -288,7 +274,7 @@ def test_queue_writes_leave_no_temporary_files(tmp_path: Path) -> None:
 
     # Execute
     queue.record_failure(request.request_id, "x")
-    queue.mark_served(request.request_id, resolved_ids=np.array([3]), receipt=_receipt(request.request_id, [3]))
+    queue.mark_served(request.request_id, resolved_ids=np.array([3]), receipt=sample_receipt(request.request_id, [3]))
 
     # Assert
     rid = request.request_id
@@ -351,7 +337,7 @@ def test_run_results_written_as_json_round_trip(tmp_path: Path) -> None:
     # Prepare
     results = RunResults(config={"num-server-rounds": 1})
     results.rounds.append(RoundRecord(1, 0.5, 0.8, 0.9, 0.3, 1.2, [ClientRoundRecord(0, 10, 1.0, 0.5)]))
-    results.events.append({"kind": "deletion", "receipt": _receipt("r1", [1]).to_json()})
+    results.events.append({"kind": "deletion", "receipt": sample_receipt("r1", [1]).to_json()})
 
     # Execute
     path = results.write(tmp_path / "out" / "results.json")

@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.receipts import sample_receipt
 
 from fedunlearn.cli import main as cli_main
 from fedunlearn.config import FederationConfig
 from fedunlearn.data import IndexedDataset
-from fedunlearn.deletion import DeletionQueue, DeletionReceipt, DeletionRequest, ids_digest
+from fedunlearn.deletion import DeletionQueue, DeletionRequest, ids_digest
 from fedunlearn.errors import DeletionRequestError
 from fedunlearn.node_cli import forget, receipts
 from fedunlearn.node_cli.checks import parse_id_lines
@@ -69,18 +70,7 @@ def write_ids(tmp_path: Path, text: str) -> str:
 def serve(state_dir: Path, request_id: str, ids: list[int]) -> None:
     """What the node does when the server commits a request (ids forgotten, receipt stored)."""
     queue = DeletionQueue(state_dir)
-    receipt = DeletionReceipt(
-        request_id=request_id,
-        kind="sample",
-        num_samples=len(ids),
-        ids_sha256=ids_digest(ids),
-        model_digest_before="a" * 64,
-        model_digest_after="b" * 64,
-        server_round=2,
-        method="partial_amnesiac",
-        metrics={"FA": 0.25, "TA": 0.9},
-        served_at=1000.0,
-    )
+    receipt = sample_receipt(request_id, ids, server_round=2, metrics={"FA": 0.25, "TA": 0.9}, served_at=1000.0)
     queue.mark_served(request_id, resolved_ids=np.asarray(ids), receipt=receipt)
 
 

@@ -2,8 +2,8 @@
 
 No algorithm lives here: FedAvg rounds call ``fedunlearn.site``, unlearning phases
 ``fedunlearn.site_unlearning`` (through ``clients.unlearning``). ``app`` is what SuperNodes
-run; ``build_client_app(benchmark=True)`` adds the snapshot/restore actions that benchmarks
-need and a production node must never answer (a server could roll back served deletions).
+run, in simulations and deployments alike: it has no simulation feature (a simulation files
+its scheduled requests on the clients' disks, as a data officer would, before the run).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from flwr.clientapp import ClientApp
 from clients import unlearning
 from clients.common import fault_injection_mod, global_state, open_site, reply_errors, server_round, status_record
 from fedunlearn import protocol
+from fedunlearn.unlearning import get_method
 
 
 def status(message: Message, context: Context) -> Message:
@@ -25,11 +26,14 @@ def status(message: Message, context: Context) -> Message:
 def train(message: Message, context: Context) -> Message:
     """One FedAvg round of local training with history recording."""
     site = open_site(message, context)
-    outcome = site.train_round(global_state(message), server_round=server_round(message))
+    dense = get_method(site.config.unlearn.method).traits.history == "dense"  # the method reads it: record it
+    outcome = site.train_round(global_state(message), server_round=server_round(message), record_full=dense)
     metrics = MetricRecord(
         {
             protocol.NUM_EXAMPLES: outcome.train.num_examples,
             protocol.TRAIN_LOSS: outcome.train.mean_loss,
+            protocol.TRAIN_STEPS: outcome.train.steps,
+            protocol.EXAMPLES: outcome.train.examples,
             protocol.PENDING_DELETIONS: len(site.queue.pending()),
             protocol.HISTORY_BYTES: outcome.usage.disk_bytes,
             protocol.HISTORY_DENSE_BYTES: outcome.usage.dense_bytes,
@@ -56,8 +60,8 @@ def evaluate(message: Message, context: Context) -> Message:
     return Message(RecordDict({protocol.METRICS: metrics, protocol.STATUS: status_record(site)}), reply_to=message)
 
 
-def build_client_app(*, benchmark: bool = False) -> ClientApp:
-    """The ClientApp with every fedunlearn action (``benchmark``: plus snapshot/restore).
+def build_client_app() -> ClientApp:
+    """The ClientApp with every fedunlearn action.
 
     ``fault_injection_mod`` is a test hook that passes every message on unless a fault plan
     is explicitly enabled (see fedunlearn/faults.py).
@@ -71,9 +75,6 @@ def build_client_app(*, benchmark: bool = False) -> ClientApp:
     client.train("remain")(reply_errors(unlearning.remain))
     client.evaluate("verify")(reply_errors(unlearning.verify))
     client.query("commit")(reply_errors(unlearning.commit))
-    if benchmark:
-        client.query("snapshot")(reply_errors(unlearning.snapshot))
-        client.query("restore")(reply_errors(unlearning.restore))
     return client
 
 

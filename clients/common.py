@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
+import re
 import time
 import traceback
 from collections.abc import Callable
@@ -12,11 +15,13 @@ from logging import ERROR, WARNING
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord
 from flwr.common import log
+from flwr.common.config import unflatten_dict
 
 from fedunlearn import faults, protocol
-from fedunlearn.config import FederationConfig, NodeConfig
+from fedunlearn.config import NodeConfig
 from fedunlearn.deletion import DeletionRequest, UnknownRequestError
 from fedunlearn.errors import DeletionRequestError, FedUnlearnError, UnlearningError
+from fedunlearn.run_config import config_from_sections
 from fedunlearn.site import ClientSite
 from fedunlearn.site_unlearning import resume_commits
 
@@ -24,43 +29,68 @@ from fedunlearn.site_unlearning import resume_commits
 FEDUNLEARN_ERROR_CODE = 100
 #: Flower error code for an unexpected exception in a handler (the reason names its class only).
 INTERNAL_ERROR_CODE = 101
+#: Flower error code the test fault hook uses for a reply it drops (the server treats it as a lost reply).
+LOST_REPLY_CODE = 102
 
 Handler = Callable[[Message, Context], Message]
 
 
-def open_site(message: Message, context: Context, *, apply_schedule: bool = True) -> ClientSite:
+def open_site(message: Message, context: Context) -> ClientSite:
     """The site this node serves, configured by the server's federation record and the
-    node's own ``node_config``; also stores any FedAvg round weights the message carries."""
-    federation = FederationConfig.from_run_config(dict(message.content.config_records[protocol.FEDERATION]))
-    node = NodeConfig.from_node_config(dict(context.node_config))
-    if node.num_partitions != federation.data.num_clients:
-        raise FedUnlearnError(
-            f"node_config num-partitions={node.num_partitions} but the federation has "
-            f"num-clients={federation.data.num_clients}; make them agree"
-        )
-    if node.data_root is not None:
-        federation = dataclasses.replace(federation, data=dataclasses.replace(federation.data, root=node.data_root))
-    if federation.client_threads > 0:
-        torch.set_num_threads(federation.client_threads)
-    site = ClientSite.open(
-        config=federation,
-        partition_id=node.partition_id,
-        state_dir=node.resolved_state_dir(federation),
-        lineage=f"run-{context.run_id}",
-    )
-    resume_commits(site)  # finish a commit that a crash interrupted, before anything else
+    node's own ``node_config``; also stores any FedAvg round weights the message carries.
+
+    The site is opened once per process for a given run config, node config and lineage
+    (loading its data share, finishing any commit a crash interrupted); later messages only
+    look it up.
+    """
+    record = message.content.config_records[protocol.FEDERATION]
+    config_key = hashlib.sha256(json.dumps(dict(record), sort_keys=True, default=str).encode()).hexdigest()
+    node_key = json.dumps(dict(context.node_config), sort_keys=True, default=str)
+    site = _site(config_key, node_key, lineage(message), json.dumps(dict(record), default=str))
     weights = message.content.config_records.get(protocol.ROUND_WEIGHTS)
-    if weights is not None:
+    if weights is not None and weights:
         site.record_round_weights(list(weights[protocol.ROUNDS]), list(weights[protocol.WEIGHTS]))  # type: ignore[arg-type]
-    if apply_schedule:
-        site.apply_schedule(server_round(message))
     return site
 
 
+@functools.lru_cache(maxsize=4)
+def _site(config_key: str, node_key: str, lineage_name: str, record_json: str) -> ClientSite:
+    """Open a site (cached by ``config_key``, ``node_key`` and the lineage; ``record_json`` is
+    the record those keys stand for)."""
+    federation = config_from_sections(unflatten_dict(json.loads(record_json)))
+    node = NodeConfig.from_node_config(json.loads(node_key))
+    if node.data_root is not None:
+        federation = dataclasses.replace(federation, data=dataclasses.replace(federation.data, root=node.data_root))
+    if federation.train.threads > 0:
+        torch.set_num_threads(federation.train.threads)
+    site = ClientSite.open(
+        config=federation,
+        partition_id=node.partition_id,
+        num_partitions=node.num_partitions,
+        state_dir=node.resolved_state_dir(federation),
+        lineage=lineage_name,
+    )
+    resume_commits(site)  # finish a commit that a crash interrupted, before anything else
+    return site
+
+
+def lineage(message: Message) -> str:
+    """The model lineage a message belongs to (its history folder's name on this node)."""
+    config = message.content.config_records.get(protocol.CONFIG)
+    value = config.get(protocol.LINEAGE, "") if config is not None else ""
+    return str(value) or "unnamed"
+
+
 def status_record(site: ClientSite) -> ConfigRecord:
-    """Announced in every reply: who this is and which deletion requests wait."""
+    """Announced in every reply: who this is, how many partitions it knows of, which requests wait."""
     pending = [r.request_id for r in site.queue.pending()]
-    return ConfigRecord({protocol.PARTITION_ID: site.partition_id, protocol.REQUEST_IDS: pending})
+    return ConfigRecord(
+        {
+            protocol.PARTITION_ID: site.partition_id,
+            protocol.NUM_PARTITIONS: site.config.data.num_clients,
+            protocol.REQUEST_IDS: pending,
+        }
+    )
 
 
 def reply_errors(handler: Handler) -> Handler:
@@ -92,6 +122,8 @@ def reply_errors(handler: Handler) -> Handler:
 #: Errors whose messages may name sample ids (unknown, foreign or already deleted ids, ids
 #: missing from the history): the server only learns that the request cannot be served.
 PRIVATE_ERRORS: tuple[type[FedUnlearnError], ...] = (DeletionRequestError, UnlearningError)
+#: An absolute file path (POSIX or Windows) in an error message: the node's layout is its own.
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][\w.@+-]+){2,}[\\/]?")
 
 
 def server_reason(err: FedUnlearnError) -> str:
@@ -106,7 +138,7 @@ def server_reason(err: FedUnlearnError) -> str:
             f"{type(err).__name__}: this client cannot serve the request as asked; the reason (it may name "
             "sample ids) stays in the node's log"
         )
-    return f"{type(err).__name__}: {err}"
+    return f"{type(err).__name__}: {_PATH.sub('<path on the node>', str(err))}"
 
 
 def fault_injection_mod(message: Message, context: Context, call_next: Handler) -> Message:
@@ -139,7 +171,8 @@ def fault_injection_mod(message: Message, context: Context, call_next: Handler) 
 
 
 def _state_dir(message: Message, context: Context) -> str:
-    federation = FederationConfig.from_run_config(dict(message.content.config_records[protocol.FEDERATION]))
+    record = dict(message.content.config_records[protocol.FEDERATION])
+    federation = config_from_sections(unflatten_dict(record))
     return NodeConfig.from_node_config(dict(context.node_config)).resolved_state_dir(federation)
 
 
@@ -147,7 +180,7 @@ def _corrupt_reply(reply: Message, message: Message, action: str) -> Message:
     if reply.has_error():
         return reply
     if action == "lost":
-        return Message(Error(code=FEDUNLEARN_ERROR_CODE, reason="reply lost (test fault plan)"), reply_to=message)
+        return Message(Error(code=LOST_REPLY_CODE, reason="reply lost (test fault plan)"), reply_to=message)
     content = reply.content
     if content.array_records:
         for name, record in list(content.array_records.items()):

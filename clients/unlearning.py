@@ -22,7 +22,6 @@ from clients.common import (
 from fedunlearn import protocol
 from fedunlearn import site_unlearning as su
 from fedunlearn.deletion import DeletionReceipt
-from fedunlearn.snapshots import restore_state, snapshot_state
 
 
 def fisher(message: Message, context: Context) -> Message:
@@ -36,24 +35,32 @@ def fisher(message: Message, context: Context) -> Message:
 
 
 def forget(message: Message, context: Context) -> Message:
-    """The forgetting client's fast correction for one outer step."""
+    """The forgetting client's verdict on the weights it got, and its fast change from them.
+
+    The reply says whether the criterion holds (``passed``) with its figures, whether the
+    client keeps any data (``num-retained`` is 1 or 0, never a count), and the change.
+    """
     site = open_site(message, context)
     request = requested(site, message)
     remain = message.content.array_records.get(protocol.REMAIN_FISHER)
+    trained = message.content.config_records[protocol.CONFIG].get(protocol.TRAINED_ROUNDS, [])
     result = su.fast_correction(
         site,
         global_state(message),
         request,
         outer_step=config_int(message, protocol.STEP),
         remain_fisher=dict(remain.to_torch_state_dict()) if remain is not None else None,
+        trained_rounds=frozenset(int(r) for r in trained),  # type: ignore[union-attr]
     )
     cost = result.correction.cost
     metrics = MetricRecord(
         {
-            protocol.NUM_EXAMPLES: result.num_forget,
-            protocol.NUM_RETAINED: result.num_retained,
-            protocol.FA_BEFORE: result.fa_before,
+            protocol.PASSED: int(result.check.passed),
+            **{f"{protocol.CHECK_PREFIX}{k}": v for k, v in result.check.figures.items()},
+            protocol.NUM_RETAINED: int(result.num_retained > 0),
+            protocol.CLASS_LEVEL: int(request.kind == "class"),
             protocol.FORWARD_BACKWARD: cost.forward_backward,
+            protocol.EXAMPLES: cost.examples,
             protocol.HISTORY_STEPS: cost.history_steps,
             protocol.SECONDS: cost.seconds,
         }
@@ -84,17 +91,20 @@ def remain(message: Message, context: Context) -> Message:
 
 
 def verify(message: Message, context: Context) -> Message:
-    """FA, MIA (forgotten samples) and RA (kept samples) of the unlearned weights."""
+    """The criterion on the weights sent, with its figures, and RA on what this client keeps."""
     site = open_site(message, context)
-    result = su.verify(site, global_state(message), requested(site, message), seed=site.config.seed)
-    metrics = MetricRecord({protocol.NUM_EXAMPLES: int(result.pop("num_forget")), **result})
-    return Message(RecordDict({protocol.METRICS: metrics}), reply_to=message)
+    _, figures = su.verify(site, global_state(message), requested(site, message))
+    return Message(RecordDict({protocol.METRICS: MetricRecord(dict(figures))}), reply_to=message)
 
 
 def commit(message: Message, context: Context) -> Message:
-    """End of a phase: mark the request served with the server's receipt and purge the spent
-    history; or, when the server reports the phase failed (``outcome`` "failed"), keep the
-    request pending and remember the server's reason."""
+    """End of a phase: commit the request if the weights sent pass this site's criterion
+    (or, without weights, as the server asks); or, when the server reports the phase
+    failed (``outcome`` "failed"), keep the request pending with the server's reason.
+
+    The reply says ``verified`` (1: committed, receipt attached; 0: refused, the check's
+    figures attached, the request stays pending with the reason).
+    """
     site = open_site(message, context)
     request = requested(site, message)
     config = message.content.config_records[protocol.CONFIG]
@@ -103,31 +113,25 @@ def commit(message: Message, context: Context) -> Message:
         metrics = MetricRecord({protocol.ATTEMPTS: updated.attempts})
         return Message(RecordDict({protocol.METRICS: metrics, protocol.STATUS: status_record(site)}), reply_to=message)
     if request.status == "served":  # a repeated commit (its ack was lost) changes nothing
-        receipt = site.queue.receipt(request.request_id)
-        purged = 0
+        receipt, purged = site.queue.receipt(request.request_id), 0
     else:
-        receipt, purged = su.commit(
-            site, request, DeletionReceipt(**json.loads(str(config_value(message, protocol.RECEIPT_JSON))))
-        )
+        draft = DeletionReceipt.from_json(json.loads(str(config_value(message, protocol.RECEIPT_JSON))))
+        state = global_state(message) if protocol.ARRAYS in message.content.array_records else None
+        tentative = bool(config.get(protocol.TENTATIVE, 0))
+        result = su.commit(site, request, draft, state=state, record_failure=not tentative)
+        if result.receipt is None:
+            assert result.check is not None
+            figures = {f"{protocol.CHECK_PREFIX}{k}": v for k, v in result.check.figures.items()}
+            metrics = MetricRecord({protocol.VERIFIED: 0, **figures})
+            return Message(
+                RecordDict({protocol.METRICS: metrics, protocol.STATUS: status_record(site)}), reply_to=message
+            )
+        receipt, purged = result.receipt, result.purged
     content = RecordDict(
         {
-            protocol.METRICS: MetricRecord({protocol.PURGED_STEPS: purged}),
-            protocol.RECEIPT: ConfigRecord({protocol.RECEIPT_JSON: json.dumps(receipt.to_json())}),
+            protocol.METRICS: MetricRecord({protocol.VERIFIED: 1, protocol.PURGED_STEPS: purged}),
+            protocol.RECEIPT: ConfigRecord({protocol.RECEIPT_JSON: json.dumps(receipt.server_copy())}),
             protocol.STATUS: status_record(site),
         }
     )
     return Message(content, reply_to=message)
-
-
-def snapshot(message: Message, context: Context) -> Message:
-    """Benchmarks: save this client's state (history, requests, receipts) under a name."""
-    site = open_site(message, context)
-    snapshot_state(site.state_dir, str(config_value(message, protocol.SNAPSHOT_NAME)))
-    return Message(RecordDict({protocol.STATUS: status_record(site)}), reply_to=message)
-
-
-def restore(message: Message, context: Context) -> Message:
-    """Benchmarks: put this client's state back to a saved snapshot."""
-    site = open_site(message, context, apply_schedule=False)
-    restore_state(site.state_dir, str(config_value(message, protocol.SNAPSHOT_NAME)))
-    return Message(RecordDict({protocol.STATUS: status_record(site)}), reply_to=message)

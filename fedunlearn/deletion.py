@@ -3,20 +3,21 @@
 A request is a legal promise (GDPR Art. 17): once accepted it is written atomically to
 ``<state dir>/requests/`` and stays there until it is served (a receipt is written) or
 fails (the reason is kept and the request stays pending). Sample ids never leave the
-client: receipts carry a SHA-256 of the sorted ids, not the ids.
+client: receipts (``fedunlearn.receipts``) carry an HMAC of the ids keyed with a secret that
+never leaves the node, and the server's copy carries no sample count.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import itertools
 import json
 import logging
-import math
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -24,6 +25,16 @@ import numpy as np
 
 from fedunlearn.atomic import save_npy_atomic, write_json_atomic
 from fedunlearn.errors import DeletionRequestError
+from fedunlearn.receipts import (
+    NODE_SECRET_FILE,
+    derive_receipt_key,
+    ids_hmac,
+    is_finite_number,
+    is_int,
+    load_node_secret,
+)
+from fedunlearn.receipts import DeletionReceipt as DeletionReceipt  # re-exported: receipts lived here before
+from fedunlearn.receipts import ids_digest as ids_digest  # re-exported until every caller uses ids_hmac
 from fedunlearn.types import DeletionKind, SampleIds
 
 logger = logging.getLogger(__name__)
@@ -108,14 +119,6 @@ def valid_request_id(request_id: object) -> bool:
     )
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _record_problems(request: DeletionRequest) -> list[str]:
     """What makes the bookkeeping fields of a request invalid."""
     problems = []
@@ -126,11 +129,11 @@ def _record_problems(request: DeletionRequest) -> list[str]:
         )
     if request.status not in get_args(RequestStatus):
         problems.append(f"status must be one of {', '.join(get_args(RequestStatus))}; got {request.status!r}")
-    if not _is_int(request.attempts) or request.attempts < 0:
+    if not is_int(request.attempts) or request.attempts < 0:
         problems.append(f"attempts must be an integer >= 0, got {request.attempts!r}")
-    if not _is_number(request.created_at):
+    if not is_finite_number(request.created_at):
         problems.append(f"created_at must be a finite number (a time stamp), got {request.created_at!r}")
-    if request.served_at is not None and not _is_number(request.served_at):
+    if request.served_at is not None and not is_finite_number(request.served_at):
         problems.append(f"served_at must be a finite number or null, got {request.served_at!r}")
     if request.last_error is not None and not isinstance(request.last_error, str):
         problems.append(f"last_error must be a string or null, got {request.last_error!r}")
@@ -152,7 +155,7 @@ def _clean_ids(sample_ids: Iterable[int]) -> tuple[int, ...]:
 
 
 def _id_problems(ids: Sequence[object]) -> list[str]:
-    bad = [v for v in ids if not _is_int(v)]
+    bad = [v for v in ids if not is_int(v)]
     if bad:
         return [f"sample ids must be integers, got {bad[:5]!r}"]
     negative = [int(v) for v in ids if int(v) < 0]  # type: ignore[call-overload]
@@ -179,7 +182,7 @@ def request_problems(kind: str, sample_ids: Sequence[int], label: int | None) ->
     problems = _id_problems(sample_ids)
     if problems:
         return problems
-    if kind == "class" and (not _is_int(label) or label < 0 or label > MAX_SAMPLE_ID):  # type: ignore[operator]
+    if kind == "class" and (not is_int(label) or label < 0 or label > MAX_SAMPLE_ID):  # type: ignore[operator]
         return [f"a class-level request needs a label >= 0, got {label!r}"]
     if kind != "class" and label is not None:
         return [f"a {kind}-level request takes no label (got {label!r})"]
@@ -205,32 +208,20 @@ def _load_ids(path: Path) -> SampleIds:
     return result
 
 
-def ids_digest(sample_ids: SampleIds | Sequence[int]) -> str:
-    """SHA-256 of the sorted unique ids as little-endian int64: proves which ids, reveals none."""
-    ids = np.unique(np.asarray(sample_ids, dtype=np.int64)).astype("<i8")
-    return hashlib.sha256(ids.tobytes()).hexdigest()
-
-
-@dataclass
-class DeletionReceipt:
-    """Proof that a request was served: what kind, how many samples, which model changed."""
-
-    request_id: str
-    kind: str
-    num_samples: int
-    ids_sha256: str
-    model_digest_before: str
-    model_digest_after: str
-    server_round: int
-    method: str
-    metrics: dict[str, float] = field(default_factory=dict)
-    seconds: float = 0.0
-    messages: int = 0
-    served_at: float = field(default_factory=time.time)
-
-    def to_json(self) -> dict[str, Any]:
-        """The receipt as a JSON object."""
-        return asdict(self)
+def _check_checksum(path: Path, payload: dict[str, Any]) -> None:
+    """Remove and verify a request record's checksum; a missing or wrong one means the file was edited."""
+    if CHECKSUM_FIELD not in payload:
+        raise DeletionRequestError(
+            f"request file {path} has no {CHECKSUM_FIELD!r} checksum field, which every request the queue writes "
+            "carries: it was edited or damaged; restore it from backup, or delete it and re-file the request "
+            "(fedunlearn forget)"
+        )
+    expected = payload.pop(CHECKSUM_FIELD)
+    if _body_sha256(payload) != expected:
+        raise DeletionRequestError(
+            f"request file {path} was modified or damaged: its content does not match its checksum "
+            f"({str(expected)[:16]}...); restore it from backup"
+        )
 
 
 class DeletionQueue:
@@ -238,12 +229,14 @@ class DeletionQueue:
 
     Every change is an atomic file replace, so a crash at any point leaves either the old
     or the new record, never a torn one; the resolved ids of a served request are kept
-    (locally) so later training excludes them for good.
+    (locally) so later training excludes them for good. The queue alone holds the node
+    secret that keys receipts (``<state dir>/node-secret``, created by the first commit).
     """
 
     def __init__(self, state_dir: str | Path) -> None:
-        self.dir = Path(state_dir) / "requests"
-        self.receipts_dir = Path(state_dir) / "receipts"
+        self.state_dir = Path(state_dir)
+        self.dir = self.state_dir / "requests"
+        self.receipts_dir = self.state_dir / "receipts"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.receipts_dir.mkdir(parents=True, exist_ok=True)
 
@@ -280,13 +273,8 @@ class DeletionQueue:
             raise DeletionRequestError(
                 f"request file {path} is not valid JSON ({err}); restore it from backup"
             ) from err
-        if isinstance(payload, dict) and CHECKSUM_FIELD in payload:
-            expected = payload.pop(CHECKSUM_FIELD)
-            if _body_sha256(payload) != expected:
-                raise DeletionRequestError(
-                    f"request file {path} was modified or damaged: its content does not match its checksum "
-                    f"({str(expected)[:16]}...); restore it from backup"
-                )
+        if isinstance(payload, dict):
+            _check_checksum(path, payload)
         try:
             return DeletionRequest.from_json(payload)
         except DeletionRequestError as err:
@@ -318,17 +306,22 @@ class DeletionQueue:
         self.begin_commit(request_id, resolved_ids=resolved_ids, receipt=receipt)
         return self.finish_commit(request_id)
 
-    def begin_commit(self, request_id: str, *, resolved_ids: SampleIds, receipt: DeletionReceipt) -> None:
+    def begin_commit(self, request_id: str, *, resolved_ids: SampleIds, receipt: DeletionReceipt) -> DeletionReceipt:
         """First step of serving a request: write its receipt, then its forgotten ids.
 
-        From here on the ids are excluded from training and the commit is decided: a crash
-        before ``finish_commit`` leaves a pending request with a receipt, which
+        The receipt's ``ids_hmac`` is set here, from ``resolved_ids`` under this node's key
+        (whatever the given receipt holds); the written receipt is returned. From here on
+        the ids are excluded from training and the commit is decided: a crash before
+        ``finish_commit`` leaves a pending request with a receipt, which
         ``interrupted_commits`` lists so the client finishes it on its next start
         (``fedunlearn.site_unlearning.resume_commits``).
         """
         self.get(request_id)  # raises for an unknown request
-        write_json_atomic(self.receipts_dir / f"{request_id}.json", receipt.to_json())
-        save_npy_atomic(self.dir / f"{request_id}.forgotten.npy", np.asarray(resolved_ids, dtype=np.int64))
+        ids = np.asarray(resolved_ids, dtype=np.int64)
+        final = replace(receipt, ids_hmac=self.ids_hmac(request_id, ids))
+        write_json_atomic(self.receipts_dir / f"{request_id}.json", final.to_json())
+        save_npy_atomic(self.dir / f"{request_id}.forgotten.npy", ids)
+        return final
 
     def finish_commit(self, request_id: str) -> DeletionRequest:
         """Last step of serving a request: flip its status to served (needs ``begin_commit`` first)."""
@@ -349,8 +342,8 @@ class DeletionQueue:
     def forgotten_ids(self) -> SampleIds:
         """All ids of served requests: excluded from every later training round.
 
-        Each request's ids are checked against the SHA-256 in its receipt, so a damaged
-        file raises DeletionRequestError instead of silently letting samples back in.
+        Each request's ids are checked against the HMAC in its receipt, so a damaged file
+        (or node secret) raises DeletionRequestError instead of silently letting samples back in.
         """
         served = [r.request_id for r in self.all() if r.status == "served"]
         missing = [rid for rid in served if not (self.dir / f"{rid}.forgotten.npy").exists()]
@@ -364,24 +357,47 @@ class DeletionQueue:
             request_id = path.name.removesuffix(".forgotten.npy")
             ids = _load_ids(path)
             receipt = self.receipts_dir / f"{request_id}.json"
-            if receipt.exists() and ids_digest(ids) != self.receipt(request_id).ids_sha256:
+            if receipt.exists() and not self.ids_match_receipt(request_id, ids):
                 raise DeletionRequestError(
-                    f"{path} does not hold the ids its receipt {receipt} hashes (damaged or modified); restore both "
-                    "from backup: until then this client cannot tell which samples it must never train on"
+                    f"{path} does not hold the ids its receipt {receipt} hashes, or the node secret "
+                    f"{self.state_dir / NODE_SECRET_FILE} changed; restore them from backup: until then this "
+                    "client cannot tell which samples it must never train on"
                 )
             parts.append(ids)
         return np.unique(np.concatenate(parts)).astype(np.int64) if parts else np.empty(0, np.int64)
 
+    # ------------------------------------------------------------------ keyed receipts
+
+    def node_secret(self, *, create: bool = False) -> bytes:
+        """This node's receipt secret (see ``load_node_secret``); it never leaves the node."""
+        return load_node_secret(self.state_dir, create=create)
+
+    def receipt_key(self, request_id: str, *, create: bool = False) -> bytes:
+        """The key of ``request_id``'s ``ids_hmac``: what a data officer gives an auditor, with
+        the ids, to prove this one receipt (``ids_hmac(ids, secret=key) == receipt ids_hmac``)."""
+        return derive_receipt_key(self.node_secret(create=create), request_id)
+
+    def ids_hmac(self, request_id: str, sample_ids: SampleIds | Sequence[int]) -> str:
+        """The ``ids_hmac`` a receipt of ``request_id`` forgetting ``sample_ids`` carries
+        (creates the node secret on first use)."""
+        return ids_hmac(sample_ids, secret=self.receipt_key(request_id, create=True))
+
+    def ids_match_receipt(self, request_id: str, sample_ids: SampleIds | Sequence[int]) -> bool:
+        """Whether ``sample_ids`` are exactly the ids ``request_id``'s receipt covers (under this node's key)."""
+        expected = ids_hmac(sample_ids, secret=self.receipt_key(request_id))
+        return hmac.compare_digest(expected, self.receipt(request_id).ids_hmac)
+
     def receipt(self, request_id: str) -> DeletionReceipt:
-        """The receipt of a served request."""
+        """The receipt of a served request; an unreadable or invalid one raises naming the file."""
         path = self.receipts_dir / f"{request_id}.json"
         if not path.exists():
             raise DeletionRequestError(f"no receipt for request {request_id!r} in {self.receipts_dir}")
         try:
-            return DeletionReceipt(**json.loads(path.read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as err:
+            return DeletionReceipt.from_json(json.loads(path.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, UnicodeDecodeError, DeletionRequestError) as err:
             raise DeletionRequestError(
-                f"receipt file {path} is unreadable ({err}); the server keeps a copy under its out-dir/receipts"
+                f"receipt file {path} is unreadable ({err}); restore it from backup (the server's copy under its "
+                "out-dir/receipts lacks the sample count)"
             ) from err
 
     def receipts(self) -> list[dict[str, Any]]:

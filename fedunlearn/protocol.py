@@ -23,9 +23,6 @@ TRAIN_FORGET: Final = "train.forget"
 TRAIN_REMAIN: Final = "train.remain"
 #: Verification of an unlearning phase: FA / MIA on the forgetting client, RA elsewhere.
 EVALUATE_VERIFY: Final = "evaluate.verify"
-#: Benchmarks: copy / restore the client's state directory under a name.
-QUERY_SNAPSHOT: Final = "query.snapshot"
-QUERY_RESTORE: Final = "query.restore"
 #: End of a phase: the forgetting client marks the request served (or failed), purges the
 #: history entries it spent, and stores the receipt.
 QUERY_COMMIT: Final = "query.commit"
@@ -40,8 +37,11 @@ RECEIPT: Final = "receipt"  # ConfigRecord: a deletion receipt (JSON text)
 
 # ------------------------------------------------------------------ keys inside the records
 SERVER_ROUND: Final = "server-round"
+LINEAGE: Final = "lineage"  # in every server message: the model lineage whose history the client keeps
+TRAINED_ROUNDS: Final = "trained-rounds"  # train.forget: rounds whose update of this client is in the model
 NUM_EXAMPLES: Final = "num-examples"  # FedAvg weighting key (Flower's default name)
 TRAIN_LOSS: Final = "train-loss"
+TRAIN_STEPS: Final = "train-steps"  # SGD steps of a local training round
 EVAL_LOSS: Final = "eval-loss"
 EVAL_ACCURACY: Final = "eval-acc"
 PENDING_DELETIONS: Final = "pending-deletions"  # always present, so metric keys never differ
@@ -69,7 +69,12 @@ REMAIN_FISHER: Final = "remain-fisher"  # ArrayRecord server->forgetting client:
 OUTER_STEPS: Final = "outer-steps"
 REMAIN_STEPS: Final = "remain-steps"
 EXCLUDE_REQUEST: Final = "exclude-request"  # the forgetting client leaves D_f out of its slow step
-FA_BEFORE: Final = "fa-before"
+PASSED: Final = "passed"  # train.forget reply: the criterion holds on the weights received (1/0)
+CHECK_PREFIX: Final = "check-"  # the criterion's figures, e.g. "check-FA", "check-MIA", "check-ASR"
+TENTATIVE: Final = "tentative"  # query.commit: 1 = a check that commits if it can (a failure is not recorded)
+VERIFIED: Final = "verified"  # query.commit reply: 1 committed (receipt attached), 0 refused by the criterion
+EXAMPLES: Final = "examples"  # samples processed forward and backward
+CLASS_LEVEL: Final = "class-level"  # train.forget reply: 1 when the request forgets a whole class
 FORWARD_BACKWARD: Final = "forward-backward"
 HISTORY_STEPS: Final = "history-steps"
 SECONDS: Final = "seconds"
@@ -79,4 +84,3 @@ RA: Final = "RA"
 MIA: Final = "MIA"
 NUM_FORGET: Final = "num-forget"
 NUM_RETAINED: Final = "num-retained"
-SNAPSHOT_NAME: Final = "snapshot-name"

@@ -37,6 +37,11 @@ class RoundRecord:
     clients: list[ClientRoundRecord] = field(default_factory=list)
     failures: int = 0
     messages: int = 0
+    round_trips: int = 0
+    bytes_down: int = 0  # model-sized payloads sent to clients
+    bytes_up: int = 0  # and received from them
+    client_steps: int = 0  # SGD steps of all clients together
+    client_examples: int = 0  # samples those steps processed (forward and backward)
 
 
 @dataclass

@@ -11,7 +11,8 @@ State directory layout::
     sample_labels.npy          their labels, aligned with sample_ids.npy (validates class requests)
     requests/<id>.json         durable deletion requests (+ <id>.forgotten.npy when served)
     receipts/<id>.json         deletion receipts
-    history/<lineage>/         the pruned update history of one model lineage (one run)
+    history/<lineage>/         the pruned update history of one model lineage (one trained model,
+                               across resumed runs; the server names it)
 """
 
 from __future__ import annotations
@@ -30,12 +31,12 @@ from torch import nn
 from fedunlearn.atomic import save_npy_atomic, write_json_atomic
 from fedunlearn.config import FederationConfig
 from fedunlearn.data import IndexedDataset, build_federated_data
-from fedunlearn.data.backdoor import TriggerPattern, poison
+from fedunlearn.data.backdoor import TriggerPattern, poison, select_poison_ids
+from fedunlearn.data.corruption import mislabel, select_mislabel_ids
 from fedunlearn.deletion import DeletionQueue
 from fedunlearn.history import HistoryStore, StorageUsage
 from fedunlearn.metrics import EvalResult, evaluate_loss_accuracy
 from fedunlearn.models import build_model
-from fedunlearn.schedule import ScheduledDeletion, parse_schedule
 from fedunlearn.training import FanOut, TrainResult, train_local
 from fedunlearn.types import SampleIds, StateDict
 
@@ -79,31 +80,42 @@ class ClientSite:
         self.state_dir = Path(state_dir)
         self.lineage = lineage
         self.dataset, self.test, self.input_shape = dataset, test, input_shape
+        #: Ids of records an experiment corrupted on this client (``experiment.corrupt-*``).
+        self.corrupted: SampleIds = np.empty(0, np.int64)
         self.queue = DeletionQueue(self.state_dir)
         self._write_site_files()
 
     @classmethod
-    def open(cls, *, config: FederationConfig, partition_id: int, state_dir: str | Path, lineage: str) -> ClientSite:
-        """Load this client's share of the configured dataset (same partition on every client)."""
+    def open(
+        cls,
+        *,
+        config: FederationConfig,
+        partition_id: int,
+        state_dir: str | Path,
+        lineage: str,
+        num_partitions: int | None = None,
+    ) -> ClientSite:
+        """Load this client's share of the configured dataset (same partition on every client).
+
+        ``num_partitions`` is the node's own count (Flower's ``node_config``); it defaults to
+        ``data.num_clients`` (simulations, the experimenter's view).
+        """
+        if num_partitions is not None and num_partitions != config.data.num_clients:
+            config = dataclasses.replace(config, data=dataclasses.replace(config.data, num_clients=num_partitions))
         data = build_federated_data(config.data, seed=config.seed)
-        dataset = data.client_train(partition_id)
-        if config.backdoor.client == partition_id:
-            dataset = poison(
-                dataset,
-                fraction=config.backdoor.fraction,
-                target_label=config.backdoor.target,
-                pattern=TriggerPattern(size=config.backdoor.trigger_size),
-                seed=config.seed,
-            )
-        return cls(
+        clean = data.client_train(partition_id)
+        site = cls(
             config=config,
             partition_id=partition_id,
             state_dir=state_dir,
             lineage=lineage,
-            dataset=dataset,
+            dataset=corrupt(config, partition_id, clean),
             test=data.test,
             input_shape=data.bundle.input_shape,
         )
+        if config.experiment.corrupt_client == partition_id:
+            site.corrupted = corrupted_ids(config, clean)
+        return site
 
     # ------------------------------------------------------------------------ files
     def _write_site_files(self) -> None:
@@ -166,38 +178,20 @@ class ClientSite:
         return self.queue.forgotten_ids()
 
     def retained(self) -> IndexedDataset:
-        """This client's training data minus everything forgotten so far (in retrain mode,
-        minus everything the schedule will ever delete: the RT baseline)."""
+        """This client's training data minus everything forgotten so far."""
         excluded = self.forgotten_ids()
-        if self.config.retrain_mode:
-            scheduled = [self.scheduled_ids(entry) for entry in self.schedule()]
-            excluded = np.unique(np.concatenate([excluded, *scheduled]))
         return self.dataset.without_ids(excluded) if len(excluded) else self.dataset
 
-    # ------------------------------------------------------------------------ schedule
-    def schedule(self) -> tuple[ScheduledDeletion, ...]:
-        """This client's entries of the run's deletion schedule."""
-        entries = parse_schedule(self.config.deletion_schedule, num_clients=self.config.data.num_clients)
-        return tuple(e for e in entries if e.partition_id == self.partition_id)
-
-    def scheduled_ids(self, entry: ScheduledDeletion) -> SampleIds:
-        """The ids an entry deletes (drawn from the full share, so RT drops the same ones)."""
-        return entry.select_ids(self.dataset.ids(), self.dataset.labels.numpy(), seed=self.config.seed)
-
-    def apply_schedule(self, server_round: int) -> list[str]:
-        """File the requests the schedule makes by ``server_round`` (once each); return their ids."""
-        if self.config.retrain_mode:
-            return []
-        known = {r.request_id for r in self.queue.all()}
-        filed = []
-        for entry in self.schedule():
-            if entry.round <= server_round and entry.request_id not in known:
-                self.queue.submit(entry.to_request(self.scheduled_ids(entry)))
-                filed.append(entry.request_id)
-        return filed
+    def holdout(self, *, max_samples: int = 2000) -> IndexedDataset:
+        """Data this site holds but never trained on (a seeded sample of its test split): what
+        "treated like data the model never saw" is measured against, on the site."""
+        if len(self.test) <= max_samples:
+            return self.test
+        rng = np.random.default_rng([self.config.seed, self.partition_id, 4099])
+        return self.test.select(np.sort(rng.choice(len(self.test), max_samples, replace=False)))
 
     # ------------------------------------------------------------------------ FedAvg round
-    def train_round(self, state: StateDict, *, server_round: int) -> RoundOutcome:
+    def train_round(self, state: StateDict, *, server_round: int, record_full: bool = False) -> RoundOutcome:
         """Train locally from the global ``state`` on retained data, recording the history.
 
         The round's history is committed before the reply leaves, so a crash never leaves
@@ -210,7 +204,7 @@ class ClientSite:
             result = train_local(model, data, config=self.config.train, seed=seed)
             return RoundOutcome(model.state_dict(), result, StorageUsage(0, 0, 0, ()), 0)
         store = self.history(model)
-        full = self.history(model, full=True) if self.config.history.record_full else None
+        full = self.history(model, full=True) if record_full or self.config.history.record_full else None
         with contextlib.ExitStack() as stack:
             recorder = stack.enter_context(
                 store.record_round(server_round, generator=torch.Generator().manual_seed(seed))
@@ -236,3 +230,29 @@ class ClientSite:
     def evaluate(self, state: StateDict) -> EvalResult:
         """Loss and accuracy of ``state`` on this client's retained training data."""
         return evaluate_loss_accuracy(self.build_model(state), self.retained())
+
+
+def corrupt(config: FederationConfig, partition_id: int, dataset: IndexedDataset) -> IndexedDataset:
+    """The client's records as an experiment corrupted them (``experiment.corrupt-*``), else as is."""
+    experiment = config.experiment
+    if experiment.corrupt_client != partition_id:
+        return dataset
+    if experiment.corrupt_kind == "mislabel":
+        return mislabel(dataset, fraction=experiment.corrupt_fraction, seed=config.seed)
+    return poison(
+        dataset,
+        fraction=experiment.corrupt_fraction,
+        target_label=experiment.trigger_target,
+        pattern=TriggerPattern(size=experiment.trigger_size),
+        seed=config.seed,
+    )
+
+
+def corrupted_ids(config: FederationConfig, clean: IndexedDataset) -> SampleIds:
+    """The ids ``corrupt`` changes in ``clean`` (the same seeded draw)."""
+    experiment = config.experiment
+    if experiment.corrupt_kind == "mislabel":
+        return select_mislabel_ids(clean, fraction=experiment.corrupt_fraction, seed=config.seed)
+    return select_poison_ids(
+        clean, fraction=experiment.corrupt_fraction, target_label=experiment.trigger_target, seed=config.seed
+    )

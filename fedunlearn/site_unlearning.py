@@ -20,30 +20,35 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from fedunlearn.atomic import write_bytes_atomic
-from fedunlearn.config import UnlearnConfig
-from fedunlearn.deletion import DeletionReceipt, DeletionRequest, ids_digest
-from fedunlearn.errors import DeletionRequestError
+from fedunlearn.criterion import CriterionResult, check_forgotten
+from fedunlearn.deletion import DeletionReceipt, DeletionRequest
+from fedunlearn.errors import DeletionRequestError, HistoryError
 from fedunlearn.history import HistoryStore
-from fedunlearn.metrics import accuracy, mia_efficacy
+from fedunlearn.metrics import accuracy
 from fedunlearn.site import ClientSite, round_seed
 from fedunlearn.types import Delta, SampleIds, StateDict
-from fedunlearn.unlearning import Correction, Cost, ForgetRetainSplit, SFROnSession, UnlearnContext, get_method
-from fedunlearn.unlearning.common import method_needs_retain
+from fedunlearn.unlearning import (
+    Correction,
+    Cost,
+    ForgetRetainSplit,
+    MethodSpec,
+    SFROnSession,
+    UnlearnContext,
+    get_method,
+    method_settings,
+)
 from fedunlearn.unlearning.remain import remain_steps
 from fedunlearn.unlearning.saliency import build_saliency_mask, diagonal_fisher
+from fedunlearn.unlearning.sfr_on import SFROnSettings
 
 logger = logging.getLogger(__name__)
 
-#: Methods whose whole effect is one correction at the first outer step; SFR-style methods
-#: spread their fast steps over all outer steps instead.
-SPREAD_METHODS: frozenset[str] = frozenset({"sfr_on"})
-#: Methods that read the client's update history.
-HISTORY_METHODS: frozenset[str] = frozenset({"amnesiac", "partial_amnesiac"})
 FISHER_MAX_BATCHES = 50
 
 
@@ -79,17 +84,12 @@ def forget_split(site: ClientSite, ids: SampleIds) -> ForgetRetainSplit:
     return ForgetRetainSplit(forget=site.dataset.subset_by_ids(ids), retain=retained.without_ids(ids))
 
 
-def is_spread(config: UnlearnConfig) -> bool:
-    """Whether the method's fast part runs at every outer step (SFR-style) or once."""
-    return config.method in SPREAD_METHODS
-
-
 @dataclass(frozen=True)
 class FastResult:
-    """The forgetting client's fast change and the FA it saw before making it."""
+    """The forgetting client's fast change, and its criterion on the weights it was sent."""
 
     correction: Correction
-    fa_before: float
+    check: CriterionResult
     num_forget: int
     num_retained: int
 
@@ -101,30 +101,42 @@ def fast_correction(
     *,
     outer_step: int,
     remain_fisher: dict[str, torch.Tensor] | None,
+    trained_rounds: frozenset[int] = frozenset(),
 ) -> FastResult:
-    """The forgetting client's change at ``outer_step`` (0-based), from the global ``state``.
+    """Judge the weights ``state`` the server sent, then the change to make at ``outer_step``.
 
-    One-shot methods (amnesiac, label-flip, ascent, ...) return their whole correction at
-    step 0 and nothing later: stored history is spent once. SFR-on runs its share of masked
-    adaptive ascent steps at every outer step. Amnesiac corrections are scaled by the FedAvg
-    round weights the server reported (``history_weighted=True``).
+    The criterion (``fedunlearn.criterion``) comes first: when it already holds and the
+    method is not a control, nothing is computed (the phase can stop). Otherwise the
+    method's traits decide: ``fast="once"`` methods return their correction at step 0, and
+    later only if they strengthen by repeating (``strengthen="repeat"``: label-flip,
+    ascent); history methods (``strengthen="scale"``) send theirs once, the server rescales
+    it; ``fast="spread"`` (SFR-on) runs its share of masked adaptive ascent at every step;
+    ``fast="none"`` sends nothing. History methods read the history their trait names,
+    scaled by the FedAvg round weights the server reported; ``trained_rounds`` are the rounds
+    the server says this client's update entered the model, and a history missing any of
+    them stops the phase (HistoryError): no correction from a history that is not there.
     """
-    config = site.config.unlearn
+    spec = get_method(site.config.unlearn.method)
+    settings = method_settings(site.config.unlearn)
     split = forget_split(site, resolve_request(site, request))
     model = site.build_model(state)
-    fa_before = accuracy(model, split.forget)
+    check = check_forgotten(site, model, kind=request.kind, forget=split.forget, config=site.config.unlearn)
     seed = phase_seed(site, request, outer_step)
-    history = None if is_spread(config) or outer_step > 0 else _history_for(site, model, config.method)
-    if is_spread(config):
+    traits = spec.traits
+    once = traits.fast == "once" and (outer_step == 0 or traits.strengthen == "repeat")
+    history = _history_for(site, model, spec, trained_rounds) if once else None
+    if check.passed and not traits.control:
+        correction = _zero(spec.name, state, "the criterion holds: nothing to do")
+    elif traits.fast == "spread":
         correction = _sfr_fast_share(site, model, split, request, outer_step, remain_fisher, seed)
-    elif outer_step > 0:
-        correction = _zero(config.method, state, "one-shot method, already applied")
-    elif len(split.retain) == 0 and method_needs_retain(config.method, config):
-        correction = _zero(config.method, state, "no retained data on this client; the slow steps do the work")
+    elif not once:
+        correction = _zero(spec.name, state, "this method sends no fast change at this step")
+    elif len(split.retain) == 0 and spec.needs_retain(settings):
+        correction = _zero(spec.name, state, "no retained data on this client; the slow steps do the work")
     elif history is not None and not history.affected_steps(split.forget.ids()):
-        # Never trained on, or every step that touched them was purged with an earlier request's
-        # batches (and so already subtracted): nothing is left to undo.
-        correction = _zero(config.method, state, "no stored step holds these samples; the slow steps do the rest")
+        # Every step that touched these samples was purged with an earlier request's batches
+        # (and so already subtracted): nothing is left to undo.
+        correction = _zero(spec.name, state, "no stored step holds these samples; the slow steps do the rest")
     else:
         context = UnlearnContext(
             history=history,
@@ -134,8 +146,8 @@ def fast_correction(
             remain_fisher=remain_fisher,
             model_factory=site.build_model,
         )
-        correction = get_method(config.method)(model, split=split, config=config, context=context)
-    return FastResult(correction, fa_before, len(split.forget), len(split.retain))
+        correction = spec(model, split=split, settings=settings, context=context)
+    return FastResult(correction, check, len(split.forget), len(split.retain))
 
 
 def _zero(method: str, state: StateDict, why: str) -> Correction:
@@ -143,12 +155,33 @@ def _zero(method: str, state: StateDict, why: str) -> Correction:
     return Correction(method, zero, Cost(), {"skipped": why})
 
 
-def _history_for(site: ClientSite, model: torch.nn.Module, method: str) -> HistoryStore | None:
-    """The history a method reads: conventional amnesiac prefers the dense companion store."""
-    if method not in HISTORY_METHODS:
+def _history_for(
+    site: ClientSite, model: torch.nn.Module, spec: MethodSpec[Any], trained_rounds: frozenset[int]
+) -> HistoryStore | None:
+    """The history the method's trait names, checked to hold every round this client trained in.
+
+    A missing history, or one without a round in which this client's update entered the
+    model, raises HistoryError: a zero correction from a history that is not there would be
+    receipted as unlearning.
+    """
+    if spec.traits.history not in ("pruned", "dense"):
         return None
-    full = method == "amnesiac" and site.full_history_dir.exists()
-    return site.history(model, full=full)
+    full = spec.traits.history == "dense"
+    config = dataclasses.replace(site.config.history, keep_ratio=1.0) if full else site.config.history
+    directory = site.full_history_dir if full else site.history_dir
+    hint = " (a dense history is recorded with history.record-full=true)" if full else ""
+    try:
+        store = HistoryStore.open_existing(directory, model=model, config=config)
+    except HistoryError as err:
+        raise HistoryError(f"{spec.name} reads the {spec.traits.history} update history{hint}: {err}") from None
+    missing = sorted(trained_rounds - set(store.rounds()))
+    if missing or (trained_rounds and store.is_empty):
+        raise HistoryError(
+            f"the {spec.traits.history} update history holds no record of round(s) {missing[:10]}, in which this "
+            "client's update entered the model; a correction from it would not undo them. Restore the history "
+            "from backup, or serve the request with a method that needs no history"
+        )
+    return store
 
 
 def _sfr_fast_share(
@@ -167,14 +200,14 @@ def _sfr_fast_share(
     the remaining clients) and kept in the state directory; the optimizer is fresh at each
     outer step (momentum does not cross messages).
     """
-    config = site.config.unlearn
-    per_step = max(1, math.ceil(config.sfr_iters / config.outer_steps))
-    total = dataclasses.replace(config, sfr_iters=per_step * config.outer_steps)
+    settings: SFROnSettings = method_settings(site.config.unlearn)
+    per_step = max(1, math.ceil(settings.iters / settings.outer_steps))
+    total = dataclasses.replace(settings, iters=per_step * settings.outer_steps)
     start = time.perf_counter()
-    mask, saliency_info = _phase_mask(site, model, split, request, remain_fisher)
-    session = SFROnSession(model, forget=split.forget, retain=None, mask=mask, config=total, seed=seed)
+    mask, saliency_info = _phase_mask(site, model, split, request, remain_fisher, settings)
+    session = SFROnSession(model, forget=split.forget, retain=None, mask=mask, settings=total, seed=seed)
     for t in range(outer_step * per_step, (outer_step + 1) * per_step):
-        if t % config.forget_freq == 0:
+        if t % settings.forget_freq == 0:
             session.forget_step(t)
     cost = Cost(seconds=time.perf_counter() - start, forward_backward=session.forget_steps, extra=saliency_info)
     return Correction(
@@ -188,12 +221,13 @@ def _phase_mask(
     split: ForgetRetainSplit,
     request: DeletionRequest,
     remain_fisher: dict[str, torch.Tensor] | None,
+    settings: SFROnSettings,
 ) -> tuple[dict[str, torch.Tensor] | None, dict[str, float]]:
     path = site.state_dir / "unlearning" / f"{request.request_id}.mask.pt"
     if path.exists():
         return torch.load(path, weights_only=True), {}
     context = UnlearnContext(remain_fisher=remain_fisher)
-    result = build_saliency_mask(model, split=split, config=site.config.unlearn, context=context)
+    result = build_saliency_mask(model, split=split, config=settings, context=context)
     if result.mask is not None:
         buffer = io.BytesIO()
         torch.save(result.mask, buffer)
@@ -220,6 +254,8 @@ def remain_correction(
     if exclude is not None and len(exclude):
         retained = retained.without_ids(exclude)
     train = site.config.train
+    if len(retained) == 0:  # nothing kept (a client-level request): no slow step from this client
+        return {k: torch.zeros_like(v) for k, v in state.items() if v.is_floating_point()}, 0
     delta = remain_steps(
         site.build_model(state),
         retained,
@@ -235,42 +271,75 @@ def remain_correction(
 def remain_fisher(site: ClientSite, state: StateDict) -> tuple[dict[str, torch.Tensor], int]:
     """Diagonal Fisher of CE on this client's retained data (at most FISHER_MAX_BATCHES batches)."""
     retained = site.retained()
+    settings: SFROnSettings = method_settings(site.config.unlearn, "sfr_on")
     fisher = diagonal_fisher(
-        site.build_model(state), retained, batch_size=site.config.unlearn.batch_size, max_batches=FISHER_MAX_BATCHES
+        site.build_model(state), retained, batch_size=settings.batch_size, max_batches=FISHER_MAX_BATCHES
     )
     return fisher, len(retained)
 
 
-def verify(site: ClientSite, state: StateDict, request: DeletionRequest, *, seed: int) -> dict[str, float]:
-    """FA and MIA-efficacy on the forgotten samples, RA on what this client keeps."""
-    ids = resolve_request(site, request)
-    split = forget_split(site, ids)
+def verify(site: ClientSite, state: StateDict, request: DeletionRequest) -> tuple[CriterionResult, dict[str, float]]:
+    """The criterion on ``state`` and the figures the server may see: the criterion's, plus RA
+    on what this client keeps (absent for a client-level request: nothing is kept)."""
+    split = forget_split(site, resolve_request(site, request))
     model = site.build_model(state)
-    result = {"FA": accuracy(model, split.forget), "num_forget": float(len(split.forget))}
+    check = check_forgotten(site, model, kind=request.kind, forget=split.forget, config=site.config.unlearn)
+    figures = {**check.figures, "passed": float(check.passed)}
     if len(split.retain):
-        result["RA"] = accuracy(model, split.retain)
-        result["MIA"] = mia_efficacy(model, forget=split.forget, retain=split.retain, test=site.test, seed=seed).value
-    return result
+        figures["RA"] = accuracy(model, split.retain)
+    return check, figures
 
 
-def commit(site: ClientSite, request: DeletionRequest, receipt: DeletionReceipt) -> tuple[DeletionReceipt, int]:
-    """Serve the request for good: record the receipt and the ids, purge their history steps,
-    then mark the request served.
+@dataclass(frozen=True)
+class CommitResult:
+    """What a commit did: the receipt and purged steps, or the check that refused it."""
 
-    The client completes the server's receipt with what only it knows: how many samples
-    and the SHA-256 of their ids (never the ids). The receipt and ids are written first
-    (``DeletionQueue.begin_commit``): from then on the commit is decided, the ids are out of
-    training, and a crash before the end is finished by ``resume_commits`` on the next start,
-    so a request is never served twice nor left half-served (the purge is idempotent).
-    Returns the completed receipt and the number of purged history steps.
+    receipt: DeletionReceipt | None
+    purged: int
+    check: CriterionResult | None = None
+
+
+def commit(
+    site: ClientSite,
+    request: DeletionRequest,
+    receipt: DeletionReceipt,
+    *,
+    state: StateDict | None = None,
+    record_failure: bool = True,
+) -> CommitResult:
+    """Serve the request for good, if the weights it ends with pass this site's criterion.
+
+    With ``state`` (the weights the phase ends with), the criterion is checked first on
+    them: a model that does not pass is never receipted as forgotten; the request stays
+    pending with the failed checks as its reason (``DeletionQueue.record_failure``, unless
+    ``record_failure`` is False: a tentative commit in the middle of a phase), and the
+    result carries the check. Without ``state`` (a control, or a server-side phase that
+    verified otherwise) it commits as asked.
+
+    Committing records the receipt and the ids, purges their history steps, then marks the
+    request served. The client completes the server's receipt with what only it knows: how
+    many samples and a keyed hash (HMAC) of their ids under this node's secret (never the
+    ids); the server gets the receipt back without the count (``server_copy``). The
+    receipt and ids are written first (``DeletionQueue.begin_commit``): from then on the
+    commit is decided, the ids are out of training, and a crash before the end is finished
+    by ``resume_commits`` on the next start, so a request is never served twice nor left
+    half-served (the purge is idempotent).
     """
     ids = resolve_request(site, request)
-    final = dataclasses.replace(
-        receipt, request_id=request.request_id, kind=request.kind, num_samples=len(ids), ids_sha256=ids_digest(ids)
+    metrics = dict(receipt.metrics)
+    check = None
+    if state is not None:
+        check, figures = verify(site, state, request)
+        metrics.update({f"check_{k}": v for k, v in figures.items()})
+        if not check.passed:
+            if record_failure:  # a tentative commit (a check mid-phase) leaves the request as it was
+                site.queue.record_failure(request.request_id, f"not verified: {check.reason()}")
+            return CommitResult(None, 0, check)
+    draft = dataclasses.replace(
+        receipt, request_id=request.request_id, kind=request.kind, num_samples=len(ids), metrics=metrics
     )
-    site.queue.begin_commit(request.request_id, resolved_ids=ids, receipt=final)
-    purged = _finish_commit(site, request, ids)
-    return final, purged
+    final = site.queue.begin_commit(request.request_id, resolved_ids=ids, receipt=draft)
+    return CommitResult(final, _finish_commit(site, request, ids), check)
 
 
 def _finish_commit(site: ClientSite, request: DeletionRequest, ids: SampleIds) -> int:
@@ -285,7 +354,7 @@ def _finish_commit(site: ClientSite, request: DeletionRequest, ids: SampleIds) -
 def resume_commits(site: ClientSite) -> list[str]:
     """Finish every commit a crash interrupted (receipt written, request still pending); return their ids.
 
-    Raises DeletionRequestError if the ids of such a request no longer match its receipt's hash.
+    Raises DeletionRequestError if the ids of such a request no longer match its receipt's keyed hash.
     """
     finished = []
     for request in site.queue.interrupted_commits():
@@ -293,11 +362,11 @@ def resume_commits(site: ClientSite) -> list[str]:
         ids = site.queue.committed_ids(request.request_id)
         if ids is None:  # the crash came between the receipt and the ids: nothing was excluded yet
             ids = resolve_request(site, request)
-            if ids_digest(ids) != receipt.ids_sha256:
+            if not site.queue.ids_match_receipt(request.request_id, ids):
                 raise DeletionRequestError(
-                    f"request {request.request_id}: its receipt's ids hash {receipt.ids_sha256[:16]}... does not match "
-                    f"the {len(ids)} ids it resolves to now; the receipt cannot be completed. Inspect "
-                    f"{site.queue.receipts_dir} and the request file."
+                    f"request {request.request_id}: its receipt's ids hash does not match the {len(ids)} ids it "
+                    f"resolves to now; the receipt cannot be completed. Inspect {site.queue.receipts_dir} and the "
+                    "request file."
                 )
             site.queue.begin_commit(request.request_id, resolved_ids=ids, receipt=receipt)
         logger.warning("finishing the commit of %s that a crash interrupted", request.request_id)

@@ -58,6 +58,7 @@ class TrainResult:
     steps: int
     mean_loss: float
     seconds: float
+    examples: int = 0  # samples processed forward and backward (num_examples x epochs)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -90,14 +91,31 @@ def train_local(
     """Train ``model`` in place on ``dataset`` with mini-batch SGD, shuffling with ``seed``.
 
     A fresh optimizer per call matches FedAvg clients, which start each round from the
-    global weights. Raises TrainingError if the loss becomes NaN/Inf (never returns a
-    broken model silently).
+    global weights. Every random draw (the shuffle, and dropout through torch's global RNG,
+    forked and seeded here) comes from ``seed``, so the same seed gives the same model
+    whichever process runs it and whatever it ran before. Raises TrainingError if the loss
+    becomes NaN/Inf (never returns a broken model silently).
     """
     device = device or resolve_device(config.device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return _train(model, dataset, config=config, seed=seed, observer=observer, epochs=epochs, device=device)
+
+
+def _train(
+    model: nn.Module,
+    dataset: IndexedDataset,
+    *,
+    config: TrainConfig,
+    seed: int,
+    observer: StepObserver | None,
+    epochs: int | None,
+    device: torch.device,
+) -> TrainResult:
     model.to(device).train()
     optimizer = make_optimizer(model, config)
     generator = torch.Generator().manual_seed(seed)
-    start, total_loss, steps = time.perf_counter(), 0.0, 0
+    start, total_loss, steps, examples = time.perf_counter(), 0.0, 0, 0
     for _ in range(config.local_epochs if epochs is None else epochs):
         for batch in dataset.batches(config.batch_size, shuffle=True, generator=generator, device=device):
             optimizer.zero_grad(set_to_none=True)
@@ -112,4 +130,5 @@ def train_local(
                 observer.after_step(model, batch.sample_ids)
             total_loss += loss.item()
             steps += 1
-    return TrainResult(len(dataset), steps, total_loss / max(steps, 1), time.perf_counter() - start)
+            examples += len(batch.labels)
+    return TrainResult(len(dataset), steps, total_loss / max(steps, 1), time.perf_counter() - start, examples)

@@ -19,7 +19,7 @@ from flwr.app import Message
 from fedunlearn import protocol
 from fedunlearn.aggregation import check_state
 from fedunlearn.errors import ReplyError
-from server.loop import ServerState
+from server.state import ServerState
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,8 @@ class Expect:
     fast or slow correction), ``"parameters"`` (exactly its parameter names, e.g. a Fisher
     diagonal), or None (an ``arrays`` record is optional and may omit entries, but may not
     add any). ``metrics``: keys of the ``metrics`` record that must be finite numbers.
-    ``receipt``: a ``receipt`` record holding a receipt JSON object.
+    ``receipt``: a ``receipt`` record holding a receipt JSON object, whenever the reply
+    says the request was committed (``verified`` is 1 or absent).
     """
 
     arrays: str | None = None
@@ -60,7 +61,7 @@ def reply_problem(reply: Message, state: ServerState, expect: Expect = Expect())
     bad = {k: v for k, v in metrics.items() if not _finite_number(v)}
     if bad:
         problems.append(f"metrics must be finite numbers, got {bad}")
-    if expect.receipt:
+    if expect.receipt and metrics.get(protocol.VERIFIED, 1) == 1:
         problems += _receipt_problems(content)
     return "; ".join(problems) if problems else None
 
@@ -89,11 +90,11 @@ def _receipt_problems(content: Any) -> list[str]:
 
 
 #: What the replies of each phase exchange must carry.
-EXPECT_FORGET = Expect("correction", (protocol.FA_BEFORE, protocol.NUM_RETAINED))
+EXPECT_FORGET = Expect("correction", (protocol.PASSED, protocol.NUM_RETAINED))
 EXPECT_REMAIN = Expect("correction", (protocol.NUM_EXAMPLES,))
 EXPECT_FISHER = Expect("parameters", (protocol.NUM_EXAMPLES,))
-EXPECT_VERIFY = Expect(None, (protocol.NUM_EXAMPLES, protocol.FA))
-EXPECT_COMMIT = Expect(None, (), receipt=True)
+EXPECT_VERIFY = Expect(None, (protocol.PASSED,))
+EXPECT_COMMIT = Expect(None, (protocol.VERIFIED,), receipt=True)
 
 
 def metric(reply: Message, key: str) -> float:
@@ -103,3 +104,10 @@ def metric(reply: Message, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ReplyError(f"reply metric {key!r} must be a number, got {value!r}")
     return float(value)
+
+
+def optional_metric(reply: Message, key: str, default: float = 0.0) -> float:
+    """A numeric metric a reply may leave out (``default`` then, or when it is not a finite number)."""
+    metrics = reply.content.metric_records.get(protocol.METRICS)
+    value = metrics.get(key) if metrics is not None else None
+    return float(value) if isinstance(value, (int, float)) and _finite_number(value) else default

@@ -16,6 +16,7 @@ import random
 from collections import Counter
 from collections.abc import Iterable
 from logging import INFO, WARNING
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common import log
@@ -28,48 +29,72 @@ from fedunlearn.config import FederationConfig
 
 
 class UnlearningFedAvg(FedAvg):
-    """FedAvg that tells clients their aggregation weights and validates every reply."""
+    """FedAvg that tells clients their aggregation weights and validates every reply.
 
-    def __init__(self, config: FederationConfig, *, reference: ArrayRecord) -> None:
-        num_clients = config.data.num_clients
+    ``flat_config`` is the run config as the clients receive it (they build the same
+    dataclasses from it); ``lineage`` names the model whose history the clients keep.
+    Round weights and departed clients are kept by partition id, so a resumed run (new
+    Flower node ids) still knows them.
+    """
+
+    def __init__(
+        self, config: FederationConfig, *, reference: ArrayRecord, flat_config: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(
-            fraction_train=config.fraction_train,
-            fraction_evaluate=config.fraction_evaluate,
-            min_train_nodes=max(1, round(config.fraction_train * num_clients)),
-            min_evaluate_nodes=max(0, round(config.fraction_evaluate * num_clients)),
-            min_available_nodes=num_clients,
+            fraction_train=config.train.fraction,
+            fraction_evaluate=config.train.fraction_evaluate,
+            min_train_nodes=1,
+            min_evaluate_nodes=0,
+            min_available_nodes=1,
             weighted_by_key=protocol.NUM_EXAMPLES,
             arrayrecord_key=protocol.ARRAYS,
             configrecord_key=protocol.CONFIG,
         )
         self.config = config
+        self.flat_config = dict(flat_config or {})
+        self.lineage = ""
         self.reference_keys = reference.to_torch_state_dict()
         self.partition_of: dict[int, int] = {}  # Flower node_id -> our partition_id
-        self.round_weights: dict[int, dict[int, float]] = {}  # node_id -> round -> w_k^r
+        self.round_weights: dict[int, dict[int, float]] = {}  # partition_id -> round -> w_k^r
         self.last_train_replies: list[Message] = []
         self.last_train_nodes: list[int] = []  # nodes sent a train message in the current round
         self.announced: dict[int, list[str]] = {}  # node_id -> pending request ids it announced
-        self.departed: set[int] = set()  # nodes whose client-level deletion was served
+        self.departed_partitions: set[int] = set()  # clients whose client-level deletion was served
         self.held_back: set[int] = set()  # nodes that have not yet confirmed a served deletion
+        self.escalated: dict[str, str] = {}  # request id -> why it failed in a way that repeats
+
+    @property
+    def departed(self) -> set[int]:
+        """Node ids of the clients that left (their client-level deletion was served)."""
+        return {n for n, p in self.partition_of.items() if p in self.departed_partitions}
+
+    def depart(self, node_id: int) -> None:
+        """Remember that this node's client left for good."""
+        self.departed_partitions.add(self.partition_of.get(node_id, -1))
 
     # ---------------------------------------------------------------- message construction
     def federation_record(self) -> ConfigRecord:
         """The run's config as sent to clients (they build the same dataclasses from it)."""
-        return ConfigRecord(dict(self.config.to_run_config()))
+        return ConfigRecord(self.flat_config)
 
     def weights_record(self, node_id: int) -> ConfigRecord:
         """All FedAvg weights this node's updates had so far (idempotent on the client)."""
-        weights = self.round_weights.get(node_id, {})
+        weights = self.round_weights.get(self.partition_of.get(node_id, -1), {})
         rounds = sorted(weights)
         return ConfigRecord({protocol.ROUNDS: rounds, protocol.WEIGHTS: [weights[r] for r in rounds]})
+
+    def trained_rounds(self, node_id: int) -> list[int]:
+        """The rounds in which this node's update entered the global model (weight > 0)."""
+        weights = self.round_weights.get(self.partition_of.get(node_id, -1), {})
+        return sorted(r for r, w in weights.items() if w > 0)
 
     def build_message(
         self, node_id: int, message_type: str, *, arrays: ArrayRecord | None, config: ConfigRecord
     ) -> Message:
-        """One message with the federation config and the node's round weights attached."""
+        """One message with the federation config, the lineage and the node's round weights."""
         content = RecordDict(
             {
-                protocol.CONFIG: ConfigRecord(dict(config)),
+                protocol.CONFIG: ConfigRecord({**dict(config), protocol.LINEAGE: self.lineage}),
                 protocol.FEDERATION: self.federation_record(),
                 protocol.ROUND_WEIGHTS: self.weights_record(node_id),
             }
@@ -82,19 +107,23 @@ class UnlearningFedAvg(FedAvg):
         """Connected nodes that still take part (by partition id)."""
         online = set(grid.get_node_ids())
         pairs = sorted(
-            (pid, nid) for nid, pid in self.partition_of.items() if nid in online and nid not in self.departed
+            (pid, nid)
+            for nid, pid in self.partition_of.items()
+            if nid in online and pid not in self.departed_partitions
         )
         return [nid for _, nid in pairs]
 
-    def sample_remaining(self, remaining: list[int], step: int, *, include: int | None) -> list[int]:
-        """Remaining clients for one slow step (``remain_fraction``, seeded), plus ``include``
-        (the forgetting client, which corrects on its own retained data too)."""
+    def sample_remaining(self, remaining: list[int], step: int, *, include: list[int]) -> list[int]:
+        """Remaining clients for one slow step (``unlearn.remain-fraction``, by default the share
+        a training round samples; seeded), plus ``include`` (the requesters, which correct on
+        their own retained data too), by partition id."""
         fraction = self.config.unlearn.remain_fraction
+        fraction = self.config.train.fraction if fraction is None else fraction
         chosen = list(remaining)
         if fraction < 1.0 and remaining:
             count = max(1, round(fraction * len(remaining)))
-            chosen = sorted(random.Random(self.config.seed * 31 + step).sample(remaining, count))
-        return chosen + ([include] if include is not None else [])
+            chosen = random.Random(self.config.seed * 31 + step).sample(remaining, count)
+        return sorted({*chosen, *include}, key=lambda n: self.partition_of.get(n, -1))
 
     def note_status(self, replies: Iterable[Message]) -> None:
         """Remember which deletion requests each node announced as pending."""
@@ -148,18 +177,21 @@ class UnlearningFedAvg(FedAvg):
         valid = self.valid_train_replies(replies)
         self.last_train_replies = valid
         for node in self.last_train_nodes:  # trained but left out (error, timeout, invalid): its update
-            self.round_weights.setdefault(node, {})[server_round] = 0.0  # is not in the model, weight 0
+            self.round_weights.setdefault(self.partition_of.get(node, -1), {})[server_round] = 0.0  # weight 0
         if not valid:
             return None, None
+        # Replies arrive in any order; summing floats in a fixed order makes the same seed give the same model.
+        valid.sort(key=lambda m: self.partition_of.get(m.metadata.src_node_id, -1))
         arrays, metrics = super().aggregate_train(server_round, valid)
         counts = [_num_examples(m) or 0.0 for m in valid]
         for message, weight in zip(valid, fedavg_weights(counts), strict=True):
-            self.round_weights.setdefault(message.metadata.src_node_id, {})[server_round] = weight
+            pid = self.partition_of.get(message.metadata.src_node_id, -1)
+            self.round_weights.setdefault(pid, {})[server_round] = weight
         return arrays, metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """FedAvg of client metrics (clients without retained data left out); notes announcements."""
-        replies = list(replies)
+        replies = sorted(replies, key=lambda m: self.partition_of.get(m.metadata.src_node_id, -1))
         self.note_status(replies)
         usable = [m for m in replies if m.has_error() or _num_examples(m) > 0]
         problems = _eval_problems([m for m in usable if not m.has_error()])

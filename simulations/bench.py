@@ -1,56 +1,64 @@
-"""``fedunlearn bench``: every unlearning method against retraining, on the same runs.
+"""``fedunlearn bench``: methods against ``none``, ``finetune`` and RT, cell by cell, seed by seed.
 
     fedunlearn bench --profile quick --out results/bench-quick
-    python -m simulations.bench --profile full --out results/bench-full --deadline-minutes 45
-    python -m simulations.bench --profile quick --tune --out results/bench-tune
+    fedunlearn bench --profile evidence --out results/evidence --deadline-minutes 120
 
-Runs the profile's cells (``simulations.bench_profiles``); each cell is one training run
-whose every method serves the same deletion from the same snapshot, plus RT
-(``simulations.bench_cell``). Cells with the same number of clients share one Flower
-simulation. Each finished cell is written atomically to ``OUT/cells/<cell-id>.json``; a
-rerun reuses finished cells and runs the rest, so a killed run continues where it stopped.
-Then ``OUT/results.json``, ``OUT/report.md`` and the PNG plots are (re)written from all
-finished cells. ``--tune`` runs the tuning grid on the profile's cells with seed + 1 and
-writes ``OUT/tuning.md``.
+Each cell and seed is one comparison (``simulations.comparison``) run with the same engine
+as ``fedunlearn simulate``; cells with the same number of clients share one Flower
+simulation. A finished comparison is scored at once and written to
+``OUT/cells/<cell>-s<seed>.json``; a rerun skips what is finished (runs and cells), so a
+killed benchmark goes on where it stopped. ``OUT/results.json``, ``OUT/report.md`` and the
+PNG plots are then (re)written from every finished cell.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
+from flwr.common.config import unflatten_dict
+
 from fedunlearn.atomic import write_json_atomic
-from fedunlearn.config import FederationConfig
-from fedunlearn.errors import DataNotFoundError
-from simulations.bench_profiles import PROFILES, TUNING_GRID, Cell, Profile, class_major
+from fedunlearn.data import resolve_data_root
+from fedunlearn.errors import FedUnlearnError
+from fedunlearn.run_config import config_from_sections
+from simulations import out_dir
+from simulations.bench_profiles import PROFILES, BenchCell, Profile, class_major, with_seeds
+from simulations.comparison import Comparison, plan_runs
+from simulations.driver import EngineRun, Interrupted, run_simulation_of
+from simulations.preflight import preflight
+from simulations.scoring import score_comparison
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class Planned:
-    """A cell of this invocation: its config and methods, or why it does not run."""
+    """One cell and seed of this invocation: its comparison, or why it does not run."""
 
-    cell: Cell
-    status: str  # "done" | "pending" | "skipped"
+    cell: BenchCell
+    seed: int
+    status: str  # "done" | "pending" | "skipped" | "failed"
+    comparison: Comparison | None = None
     reason: str = ""
-    config: FederationConfig | None = None
-    methods: list[str] = field(default_factory=list)
-    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     detail: str = ""
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def cell_id(self) -> str:
+        """``<cell>-s<seed>``: the cell file's name."""
+        return f"{self.cell.name}-s{self.seed}"
 
 
 def cell_file(out: Path, cell_id: str) -> Path:
@@ -58,151 +66,120 @@ def cell_file(out: Path, cell_id: str) -> Path:
     return out / "cells" / f"{cell_id}.json"
 
 
-def available_methods() -> set[str]:
-    """Registered client methods plus the server-side phases (FedEraser) that import cleanly."""
-    from fedunlearn.unlearning import available_methods as client_methods
-    from server.unlearning_phase import phase_runner, run_phase
-
-    names = set(client_methods())
-    try:
-        importlib.import_module("server.federaser")  # registers the "federaser" phase on the server
-    except ImportError as err:
-        logger.warning("FedEraser phase not available: %s", err)
-    return names | ({"federaser"} if phase_runner("federaser") is not run_phase else set())
+def labels_of(profile: Profile) -> tuple[str, ...]:
+    """The methods, ``none``, and one budget-matched ``finetune`` per method."""
+    return (*profile.methods, "none", *(f"finetune@{m}" for m in profile.methods))
 
 
-def dataset_problem(profile: Profile, cell: Cell, data_root: str | None) -> str:
-    """Why the cell's dataset cannot be loaded here ('' when it can)."""
-    from fedunlearn.data import load_dataset
-
-    try:
-        load_dataset(cell.dataset, root=profile.data_config(cell, data_root=data_root).root)
-    except (DataNotFoundError, ImportError) as err:
-        return f"dataset {cell.dataset!r} not available on this machine: {err}".splitlines()[0]
-    return ""
-
-
-def method_plan(
-    profile: Profile, cell: Cell, available: set[str], *, tune: bool
-) -> tuple[list[str], dict[str, dict[str, Any]]]:
-    """Method labels and their settings: tuned ones, or every tuning variant (``name@k``)."""
-    names = profile.methods(cell, available)
-    if not tune:
-        return names, {m: dict(profile.method_settings.get(m, {})) for m in names if profile.method_settings.get(m)}
-    labels, overrides = [], {}
-    for name in names:
-        for k, variant in enumerate(TUNING_GRID.get(name, ({},))):
-            labels.append(f"{name}@{k}")
-            overrides[f"{name}@{k}"] = dict(variant)
-    return labels, {k: v for k, v in overrides.items() if v}
-
-
-def plan(
-    profile: Profile,
-    out: Path,
-    *,
-    data_root: str | None,
-    tune: bool = False,
-    patterns: Sequence[str] = (),
-    method_patterns: Sequence[str] = (),
-) -> list[Planned]:
-    """Every cell of the profile (tuning: main cells, seed + 1) with its status; ``patterns``
-    select cell ids and ``method_patterns`` method labels (glob patterns; empty: all)."""
-    available = available_methods()
-    cells = profile.cells(seed=profile.seed + 1 if tune else None)
-    cells = [c for c in cells if not (tune and c.role == "sweep")]
-    cells = [c for c in cells if not patterns or any(fnmatch(c.cell_id, p) for p in patterns)]
+def plan(profile: Profile, out: Path, *, data_root: str | None, patterns: Sequence[str] = ()) -> list[Planned]:
+    """Every cell and seed of the profile with its status (``patterns``: glob patterns of cell names)."""
     planned = []
-    for cell in cells:
-        problem = dataset_problem(profile, cell, data_root)
-        if problem:
-            planned.append(Planned(cell, "skipped", problem))
+    for cell in profile.cells:
+        if patterns and not any(fnmatch(cell.name, p) for p in patterns):
             continue
-        label, detail = None, ""
-        if cell.deletion.kind == "class" and cell.deletion.label is None:
-            label, share = class_major(
-                profile.data_config(cell, data_root=data_root), client=cell.deletion.client, seed=cell.seed
-            )
-            detail = f"class {label} on client {cell.deletion.client} (it holds {100 * share:.0f}% of that class)"
-        config = profile.federation_config(cell, out_dir=out / "work" / cell.cell_id, data_root=data_root, label=label)
-        methods, overrides = method_plan(profile, cell, available, tune=tune)
-        if method_patterns:
-            methods = [m for m in methods if any(fnmatch(m, p) for p in method_patterns)]
-            overrides = {m: v for m, v in overrides.items() if m in methods}
-        status = "done" if cell_file(out, cell.cell_id).exists() else "pending"
-        planned.append(Planned(cell, status, "", config, methods, overrides, detail or _detail(cell)))
+        for seed in profile.seeds:
+            item = Planned(cell, seed, "pending")
+            try:
+                item.comparison, item.detail = _comparison(profile, cell, seed, out, data_root)
+            except FedUnlearnError as err:
+                item.status, item.reason = "skipped", " ".join(str(err).split())
+            if item.status == "pending" and cell_file(out, item.cell_id).exists():
+                item.status = "done"
+            planned.append(item)
     return planned
 
 
-def _detail(cell: Cell) -> str:
-    d = cell.deletion
-    if d.kind == "sample":
-        amount = f"{100 * d.amount:.0f}%" if d.amount is not None and d.amount < 1 else f"{int(d.amount or 0)} samples"
-        return f"{amount} of client {d.client}'s samples"
-    if d.kind == "class":
-        return f"class {d.label} on client {d.client}"
-    return f"client {d.client} (backdoored: trigger -> label 0) leaves"
+def _comparison(
+    profile: Profile, cell: BenchCell, seed: int, out: Path, data_root: str | None
+) -> tuple[Comparison, str]:
+    flat = {**profile.flat(cell, seed=seed), "data.root": str(resolve_data_root(data_root)), "train.threads": 1}
+    base = config_from_sections(unflatten_dict(flat))
+    label, detail = None, cell.description
+    if "{label}" in cell.deletion:
+        client = int(cell.deletion.split(":")[1])
+        label, share = class_major(base.data, client=client, seed=seed)
+        detail += f" (class {label}; client {client} holds {100 * share:.0f}% of it)"
+    work = out / "work" / f"{cell.name}-s{seed}"
+    flat.update(
+        {
+            "experiment.deletion-schedule": cell.schedule(rounds=base.train.rounds, label=label),
+            "run.out-dir": str(work),
+            "run.state-root": str(work / "state"),
+        }
+    )
+    config = config_from_sections(unflatten_dict(flat))
+    labels = labels_of(profile)
+    preflight(config, methods=[lab.split("@")[0] for lab in labels])
+    settings = {m: dict(profile.method_settings.get(m, {})) for m in profile.methods}
+    return Comparison(config, labels, work, settings=settings), detail
 
 
-def run_pending(planned: Sequence[Planned], out: Path, *, cpus: int, deadline: float | None, keep_state: bool) -> None:
-    """Run the pending cells, grouped by client count (one simulation per group)."""
-    from tqdm import tqdm
+def run_pending(planned: Sequence[Planned], out: Path, *, cpus: int, deadline: float | None) -> None:
+    """Run the pending comparisons, grouped by client count (one simulation per group)."""
+    pending = [p for p in planned if p.status == "pending" and p.comparison is not None]
+    for size in sorted({p.comparison.config.data.num_clients for p in pending if p.comparison}):
+        group = [p for p in pending if p.comparison and p.comparison.config.data.num_clients == size]
+        runs: list[EngineRun] = []
+        last_run: dict[str, Planned] = {}
+        for p in group:
+            assert p.comparison is not None
+            todo = [
+                r for r in plan_runs(p.comparison) if not out_dir.finished(p.comparison.run_dir(r.name.split("#")[0]))
+            ]
+            runs += [EngineRun(f"{p.cell_id}/{r.name}", r.config, r.prepare) for r in todo]
+            if todo:
+                last_run[f"{p.cell_id}/{todo[-1].name}"] = p
+            else:
+                _finish(p, out)
 
-    from simulations.bench_cell import run_cells
-
-    pending = [p for p in planned if p.status == "pending"]
-    bar = tqdm(total=len(planned), initial=len(planned) - len(pending), desc="bench cells", unit="cell")
-    for size in sorted({p.config.data.num_clients for p in pending if p.config is not None}):
-        group = [p for p in pending if p.config is not None and p.config.data.num_clients == size]
-        for p in group:  # a killed run may have left a half-done cell behind
-            shutil.rmtree(out / "work" / p.cell.cell_id, ignore_errors=True)
-        clock = {"t": time.monotonic()}
-
-        def finished(
-            index: int,
-            result: dict[str, Any] | None,
+        def done(
+            name: str,
             error: BaseException | None,
             group: list[Planned] = group,
-            clock: dict[str, float] = clock,
+            last_run: dict[str, Planned] = last_run,
         ) -> None:
-            p, now = group[index], time.monotonic()
-            wall, clock["t"] = now - clock["t"], now
-            if error is None and result is not None:
-                write_json_atomic(cell_file(out, p.cell.cell_id), cell_record(p, result, wall))
-                p.status = "done"
-                if not keep_state:
-                    shutil.rmtree(out / "work" / p.cell.cell_id / "state", ignore_errors=True)
-            else:
-                p.status, p.reason = "failed", f"{type(error).__name__}: {error}"
-            bar.update(1)
-            bar.write(f"[bench] cell {p.cell.cell_id}: {p.status} after {wall:.0f} s")
+            cell_id = name.split("/")[0]
+            item = next(p for p in group if p.cell_id == cell_id)
+            if error is not None:
+                item.errors.append(f"{name}: {' '.join(str(error).split())}")
+            print(f"[bench {time.strftime('%H:%M:%S')}] {name}: {'failed' if error else 'done'}", flush=True)
+            if name in last_run:
+                _finish(item, out)
 
-        def say(text: str) -> None:
-            bar.write(f"[bench {time.strftime('%H:%M:%S')}] {text}")
-
-        run_cells(
-            [(p.config, p.methods, p.overrides) for p in group if p.config is not None],
+        run_simulation_of(
+            runs,
+            num_clients=size,
             cpus=cpus,
-            progress=say,
-            on_result=finished,
+            on_done=done,
             keep_going=lambda: deadline is None or time.monotonic() < deadline,
+            resume_hint=f"rerun the same command to go on (finished runs in {out} are kept)",
         )
-    bar.close()
 
 
-def cell_record(p: Planned, result: dict[str, Any], wall: float) -> dict[str, Any]:
-    """What ``OUT/cells/<id>.json`` holds: the cell, its settings and ``evaluate_cell``'s result."""
-    return {
-        "cell_id": p.cell.cell_id,
-        **{k: v for k, v in asdict(p.cell).items() if k != "deletion"},
-        "deletion": asdict(p.cell.deletion),
-        "deletion_detail": p.detail,
-        "methods": p.methods,
-        "method_settings": p.overrides,
-        "wall_seconds": wall,
+def _finish(item: Planned, out: Path) -> None:
+    """Score a comparison whose runs all ran, and store it as a finished cell."""
+    assert item.comparison is not None
+    if item.errors:
+        item.status, item.reason = "failed", "; ".join(item.errors)
+        return
+    try:
+        scored = score_comparison(item.comparison)
+    except Exception as err:  # noqa: BLE001 - reported, the other cells go on
+        item.status, item.reason = "failed", f"scoring: {err}"
+        return
+    record = {
+        "cell_id": item.cell_id,
+        "cell": item.cell.name,
+        "seed": item.seed,
+        "role": item.cell.role,
+        "description": item.detail,
+        "schedule": item.comparison.config.experiment.deletion_schedule,
+        "labels": list(item.comparison.labels),
         "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "result": result,
+        **scored,
     }
+    write_json_atomic(cell_file(out, item.cell_id), record)
+    item.status = "done"
 
 
 def environment() -> dict[str, Any]:
@@ -212,12 +189,9 @@ def environment() -> dict[str, Any]:
 
     repo = Path(__file__).resolve().parents[1]
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = bool(
-            subprocess.run(["git", "-C", str(repo), "status", "--porcelain"], capture_output=True, text=True).stdout
-        )
+        git = ["git", "-C", str(repo)]
+        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True).stdout)
     except (OSError, subprocess.CalledProcessError):
         commit, dirty = "unknown", False
     return {
@@ -238,22 +212,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick", help="grid and settings")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick", help="cells, seeds and settings")
     parser.add_argument("--out", type=Path, default=Path("results/bench"), help="output folder (reused: resumes)")
     parser.add_argument("--cpus", type=int, default=2, help="CPU cores for the simulated clients")
     parser.add_argument("--data-root", default=None, help="data folder (default: $FEDUNLEARN_DATA)")
-    parser.add_argument("--cells", nargs="*", default=[], help="only cell ids matching these glob patterns")
-    parser.add_argument("--methods", nargs="*", default=[], help="only method labels matching these glob patterns")
-    parser.add_argument(
-        "--deadline-minutes",
-        type=float,
-        default=None,
-        help="start no new cell after this many minutes (finished cells are kept)",
-    )
-    parser.add_argument("--tune", action="store_true", help="run the tuning grid (seed + 1) instead of the profile")
-    parser.add_argument(
-        "--keep-state", action="store_true", help="keep client state dirs (histories) of finished cells"
-    )
+    parser.add_argument("--cells", nargs="*", default=[], help="only cells whose name matches these glob patterns")
+    parser.add_argument("--seeds", type=int, nargs="*", default=None, help="other seeds than the profile's")
+    parser.add_argument("--tune", action="store_true", help="run on the profile's tuning seeds (never reported ones)")
+    parser.add_argument("--deadline-minutes", type=float, default=None, help="start no new run after this many minutes")
     parser.add_argument("--report-only", action="store_true", help="only rewrite results.json, report.md and plots")
     return parser.parse_args(argv)
 
@@ -263,36 +229,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     from simulations.bench_report import write_outputs
 
     args = parse_args(argv)
-    profile, start = PROFILES[args.profile], time.monotonic()
+    profile = PROFILES[args.profile]
+    if args.tune or args.seeds:
+        profile = with_seeds(profile, tuple(args.seeds) if args.seeds else profile.tune_seeds)
+    start = time.monotonic()
     deadline = None if args.deadline_minutes is None else start + 60 * args.deadline_minutes
-    planned = plan(
-        profile, args.out, data_root=args.data_root, tune=args.tune, patterns=args.cells, method_patterns=args.methods
-    )
+    try:
+        planned = plan(profile, args.out, data_root=args.data_root, patterns=args.cells)
+        if not args.report_only:
+            out_dir.claim(args.out)
+    except (FedUnlearnError, out_dir.OutDirError) as err:
+        print(f"fedunlearn bench: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
     for p in planned:
-        reason = f" ({p.reason[:120]})" if p.reason else ""
-        print(f"[bench] {p.cell.cell_id}: {p.status}{reason} {' '.join(p.methods)}")
+        print(f"[bench] {p.cell_id}: {p.status}{f' ({p.reason[:160]})' if p.reason else ''}")
     if not args.report_only:
-        run_pending(planned, args.out, cpus=args.cpus, deadline=deadline, keep_state=args.keep_state)
+        try:
+            run_pending(planned, args.out, cpus=args.cpus, deadline=deadline)
+        except Interrupted:
+            return 130
     cells = [
-        json.loads(cell_file(args.out, p.cell.cell_id).read_text())
+        json.loads(cell_file(args.out, p.cell_id).read_text())
         for p in planned
-        if cell_file(args.out, p.cell.cell_id).exists()
+        if cell_file(args.out, p.cell_id).exists()
     ]
-    skipped = [
-        {"cell_id": p.cell.cell_id, "status": p.status, "reason": p.reason or "not run (deadline or --cells)"}
+    missing = [
+        {"cell_id": p.cell_id, "status": p.status, "reason": p.reason or "not run (deadline or --cells)"}
         for p in planned
-        if p.status != "done"
+        if not cell_file(args.out, p.cell_id).exists()
     ]
-    env, wall = environment(), time.monotonic() - start
-    previous = args.out / "results.json"
-    if args.report_only and previous.exists():  # keep the measuring run's wall time and machine state
-        old = json.loads(previous.read_text())
-        env, wall = old.get("env", env), old.get("wall_seconds", wall)
-    written = write_outputs(profile, cells, skipped, args.out, env=env, tune=args.tune, wall_seconds=wall)
-    for path in written:
+    for path in write_outputs(
+        profile, cells, missing, args.out, env=environment(), wall_seconds=time.monotonic() - start
+    ):
         print(f"written: {path}")
-    print(f"[bench] {len(cells)} cell(s) done, {len(skipped)} not; wall {time.monotonic() - start:.0f} s")
-    return 0 if all(s["status"] != "failed" for s in skipped) else 1
+    print(f"[bench] {len(cells)} cell(s) done, {len(missing)} not; wall {time.monotonic() - start:.0f} s")
+    return 0 if all(m["status"] != "failed" for m in missing) else 1
 
 
 if __name__ == "__main__":

@@ -1,19 +1,23 @@
-"""Benchmark profiles: which cells ``fedunlearn bench`` runs, and with which settings.
+"""Benchmark profiles: which cells ``fedunlearn bench`` runs, on which seeds, with which methods.
 
-A *cell* is one dataset x model x partition x deletion, run as one Flower simulation in
-which every method serves the same request from the same snapshot, followed by RT
-(``simulations.bench_cell``). A profile is a frozen dataclass listing the grid, the
-federation settings shared by all its cells, and the per-method unlearning settings.
+A *cell* is one federation with one deletion, run as a comparison (``simulations.comparison``):
+the methods and the controls ``none`` and ``finetune`` (one per method, with that method's
+step budget) serve the same request from the same trained trunk, and RT is retrained
+without the deleted records. The cells are chosen so that doing nothing is FAR from RT,
+so they can show whether a method forgets (ALGORITHMS.md, DESIGN.md; the evidence standard):
 
-Class deletion, chosen deliberately: under IID data every client holds every class, so when
-one client forgets its samples of class 7 the retrained model still learns 7 from the other
-clients and RT's FA on those samples stays near the test accuracy: the right answer is then
-"change almost nothing". So the class is picked per partition as the label the forgetting
-client holds the largest share of (``class-major``, from the seeded partition): under IID
-that share is ~1/5 (the cell tests that methods do not over-forget); under the full
-profile's Dirichlet(0.3) partition client 2 holds ~3/4 of one class, and RT's FA falls.
-Client deletion always uses a backdoored client (trigger -> label 0), so attack success
-rate measures whether its contribution is really gone.
+- ``poisoned-samples``: a small share of one client's records carry a BadNets trigger
+  relabelled to class 0, and exactly those are deleted (metric: the trigger's ASR);
+- ``mislabelled-samples``: a small share of one client's records carry a wrong label, which
+  the model can only fit by memorising them, and exactly those are deleted (metric: FA on
+  their recorded labels; MIA on them);
+- ``class-only-client``: every sample of one class is on the forgetting client (the rest
+  IID), which deletes that class (metric: FA on it);
+- ``backdoor-client-iid`` / ``backdoor-client-dirichlet``: a backdoored client leaves
+  (metric: ASR), under IID and under Dirichlet(0.1) data.
+
+Every deletion is served after the last round (primary); ``*-mid`` cells file it earlier and
+keep training (secondary rows, always with ``none`` beside them).
 """
 
 from __future__ import annotations
@@ -21,182 +25,72 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from fedunlearn.config import DataConfig, FederationConfig
+from fedunlearn.config import DataConfig
 
-DeletionKind = Literal["sample", "class", "client"]
-
-#: Methods of every cell, in serving order (``pga`` and ``federaser`` only when registered).
-CLIENT_METHODS: tuple[str, ...] = (
-    "partial_amnesiac",
-    "partial_label_flip",
-    "partial_gradient_ascent",
-    "amnesiac",
-    "label_flip",
-    "gradient_ascent",
-    "sfr_on",
-    "finetune",
-    "pga",
-)
-#: Server-side phases, for client-level deletion only (FedEraser removes whole clients).
-CLIENT_LEVEL_METHODS: tuple[str, ...] = ("federaser",)
-#: The fedunlearn methods (the ones whose best result the headline reports).
-FEDUNLEARN_METHODS: tuple[str, ...] = ("partial_amnesiac", "partial_label_flip", "partial_gradient_ascent", "sfr_on")
-#: Methods of the Figure 4 sweep cells (the seed paper compares these two there).
-SWEEP_METHODS: tuple[str, ...] = ("partial_amnesiac", "amnesiac")
+#: The fedunlearn methods every evidence cell compares (with the controls and RT).
+EVIDENCE_METHODS: tuple[str, ...] = ("partial_amnesiac", "partial_label_flip", "sfr_on")
 
 
 @dataclass(frozen=True)
-class Deletion:
-    """One deletion request, filed by client ``client`` after the last training round.
+class BenchCell:
+    """One cell: its name, the flat run-config values that make it, and its deletion.
 
-    ``amount``: sample deletion, a fraction (< 1) or a count (>= 1) of the client's samples;
-    ``label``: class deletion, the label (None: the class this client holds the largest
-    share of, ``class-major``); client deletion: the client trains with a backdoor trigger.
+    ``deletion`` is a schedule entry with ``{R}`` for the last round (and ``{label}`` for
+    the class a ``class`` deletion's client holds most of), e.g. ``"{R}:1:corrupted"``;
+    ``filed_at`` moves it earlier (secondary, mid-training cells).
     """
 
-    kind: DeletionKind
-    client: int
-    amount: float | None = None
-    label: int | None = None
+    name: str
+    description: str
+    deletion: str
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    role: Literal["primary", "secondary"] = "primary"
+    filed_at: int | None = None
 
-    @property
-    def tag(self) -> str:
-        """Short name used in cell ids: sample10pct, sample8, class7, class-major, client."""
-        if self.kind == "sample":
-            assert self.amount is not None
-            return f"sample{round(100 * self.amount)}pct" if self.amount < 1 else f"sample{int(self.amount)}"
-        if self.kind == "class":
-            return "class-major" if self.label is None else f"class{self.label}"
-        return "client"
-
-    def schedule(self, *, last_round: int, label: int | None = None) -> str:
-        """The ``deletion-schedule`` entry (``label`` resolves a ``class-major`` deletion)."""
-        if self.kind == "sample":
-            amount = self.amount if self.amount is not None and self.amount < 1 else int(self.amount or 1)
-            return f"{last_round}:{self.client}:sample:{amount}"
-        if self.kind == "class":
-            chosen = self.label if self.label is not None else label
-            assert chosen is not None, "class-major needs the resolved label"
-            return f"{last_round}:{self.client}:class:{chosen}"
-        return f"{last_round}:{self.client}:client"
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One benchmark cell; ``role`` is ``main`` (all methods) or ``sweep`` (Figure 4)."""
-
-    dataset: str
-    model: str
-    partition: str
-    deletion: Deletion
-    seed: int
-    role: Literal["main", "sweep"] = "main"
-
-    @property
-    def cell_id(self) -> str:
-        """``<dataset>-<model>-<partition>-<deletion tag>-s<seed>``: the cell's file name."""
-        return f"{self.dataset}-{self.model}-{self.partition}-{self.deletion.tag}-s{self.seed}"
+    def schedule(self, *, rounds: int, label: int | None = None) -> str:
+        """The cell's deletion schedule for a run of ``rounds`` rounds."""
+        when = self.filed_at if self.filed_at is not None else rounds
+        return self.deletion.format(R=when, label=label)
 
 
 @dataclass(frozen=True)
 class Profile:
-    """A benchmark grid and the settings its cells share.
+    """A benchmark: its cells, seeds, shared settings and methods.
 
-    ``method_settings``: per-method ``unlearn-*`` / ``sfr-*`` run-config values, tuned on the
-    ``quick`` profile's cells with another seed (``python -m simulations.bench --tune``;
-    the grid searched is ``TUNING_GRID``); ``unlearn`` holds values shared by all methods.
+    ``settings`` are flat run-config values shared by every cell (a cell's own override
+    them); ``method_settings`` are each method's ``unlearn.<method>.*`` values, tuned on
+    ``tune_seeds`` (never the reported ``seeds``).
     """
 
     name: str
-    datasets: tuple[str, ...]
-    models: tuple[str, ...]
-    partitions: tuple[str, ...]
-    deletions: tuple[Deletion, ...]
-    sweep: tuple[Deletion, ...] = ()  # Figure 4: sample deletions of growing size (first model, iid)
-    num_clients: int = 5
-    rounds: int = 5
-    samples_per_client: int | None = None
-    test_samples: int | None = None
-    batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    local_epochs: int = 1
-    dirichlet_alpha: float = 0.3
-    keep_ratio: float = 0.02
-    history_dtype: str = "float16"
-    seed: int = 0
-    unlearn: Mapping[str, Any] = field(default_factory=dict)
+    cells: tuple[BenchCell, ...]
+    seeds: tuple[int, ...]
+    settings: Mapping[str, Any]
+    methods: tuple[str, ...] = EVIDENCE_METHODS
     method_settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    tune_seeds: tuple[int, ...] = (100, 101, 102)
 
-    def cells(self, *, seed: int | None = None) -> list[Cell]:
-        """Every cell in run order: the grid (dataset, model, partition, deletion), then the sweep."""
-        s = self.seed if seed is None else seed
-        grid = [
-            Cell(d, m, p, x, s)
-            for d in self.datasets
-            for m in self.models
-            for p in self.partitions
-            for x in self.deletions
-        ]
-        sweep = [Cell(self.datasets[0], self.models[0], "iid", x, s, "sweep") for x in self.sweep]
-        return grid + sweep
+    def cell(self, name: str) -> BenchCell:
+        """The cell called ``name``."""
+        return next(c for c in self.cells if c.name == name)
 
-    def data_config(self, cell: Cell, *, data_root: str | None) -> DataConfig:
-        """The cell's data and partition settings."""
-        return DataConfig(
-            dataset=cell.dataset,
-            root=data_root,
-            num_clients=self.num_clients,
-            partition=cell.partition,  # type: ignore[arg-type]
-            dirichlet_alpha=self.dirichlet_alpha,
-            samples_per_client=self.samples_per_client,
-            test_samples=self.test_samples,
-        )
+    def flat(self, cell: BenchCell, *, seed: int) -> dict[str, Any]:
+        """The flat run config of one cell and seed (its schedule not yet resolved)."""
+        return {**self.settings, **cell.settings, "run.seed": seed}
 
-    def federation_config(
-        self, cell: Cell, *, out_dir: Path, data_root: str | None, label: int | None = None
-    ) -> FederationConfig:
-        """The cell's federation (``label``: the resolved class of a ``class-major`` deletion)."""
-        data = self.data_config(cell, data_root=data_root)
-        run_config: dict[str, Any] = {
-            "dataset": cell.dataset,
-            "num-clients": self.num_clients,
-            "partition": cell.partition,
-            "dirichlet-alpha": self.dirichlet_alpha,
-            "num-server-rounds": self.rounds,
-            "seed": cell.seed,
-            "model": cell.model,
-            "batch-size": self.batch_size,
-            "lr": self.lr,
-            "momentum": self.momentum,
-            "local-epochs": self.local_epochs,
-            "keep-ratio": self.keep_ratio,
-            "history-dtype": self.history_dtype,
-            "history-record-full": True,
-            "client-threads": 1,
-            "out-dir": str(out_dir),
-            "state-root": str(out_dir / "state"),
-            "deletion-schedule": cell.deletion.schedule(last_round=self.rounds, label=label),
-            **dict(self.unlearn),
-        }
-        if data.root is not None:
-            run_config["data-root"] = data.root
-        for key, value in (("samples-per-client", self.samples_per_client), ("test-samples", self.test_samples)):
-            if value is not None:
-                run_config[key] = value
-        if cell.deletion.kind == "client":
-            run_config["backdoor-client"] = cell.deletion.client
-        return FederationConfig.from_run_config(run_config)
 
-    def methods(self, cell: Cell, available: set[str]) -> list[str]:
-        """The cell's method labels that are registered (``available``), in serving order."""
-        wanted = CLIENT_METHODS + (CLIENT_LEVEL_METHODS if cell.deletion.kind == "client" else ())
-        return [m for m in (SWEEP_METHODS if cell.role == "sweep" else wanted) if m in available]
+def largest_share(counts: np.ndarray, *, client: int, min_count: int = 20) -> tuple[int, float]:
+    """From per-client class counts (clients x classes): the label whose samples ``client``
+    holds the largest share of, among labels it has at least ``min_count`` samples of
+    (fewer when it has none that many), and that share."""
+    share = counts[client] / np.maximum(counts.sum(axis=0), 1)
+    enough = counts[client] >= min(min_count, int(counts[client].max()))
+    label = int(np.argmax(np.where(enough, share, -1.0)))
+    return label, float(share[label])
 
 
 def class_major(data: DataConfig, *, client: int, seed: int) -> tuple[int, float]:
@@ -213,102 +107,123 @@ def class_major(data: DataConfig, *, client: int, seed: int) -> tuple[int, float
     return largest_share(counts, client=client)
 
 
-def largest_share(counts: np.ndarray, *, client: int, min_count: int = 20) -> tuple[int, float]:
-    """From per-client class counts (clients x classes): the label whose samples ``client``
-    holds the largest share of, among labels it has at least ``min_count`` samples of
-    (fewer when it has none that many), and that share."""
-    share = counts[client] / np.maximum(counts.sum(axis=0), 1)
-    enough = counts[client] >= min(min_count, int(counts[client].max()))
-    label = int(np.argmax(np.where(enough, share, -1.0)))
-    return label, float(share[label])
-
-
-def _v(
-    outer: int,
-    remain: int,
-    extra: Mapping[str, Any] | None = None,
-    *,
-    epochs: int | None = None,
-    lr: float | None = None,
-) -> dict[str, Any]:
-    """A tuning variant: outer steps I, remain steps K per outer step, and method knobs."""
-    variant: dict[str, Any] = {"unlearn-outer-steps": outer, "unlearn-remain-steps": remain, **(extra or {})}
-    variant.update({k: v for k, v in (("unlearn-epochs", epochs), ("unlearn-lr", lr)) if v is not None})
-    return variant
-
-
-#: Ascent variants, shared by the partial and conventional versions. Ascent diverged (NaN) on
-#: the client-level cell in all first-round variants: @4-@6 were added in a second round (run
-#: with --methods '*gradient_ascent@[456]'); gradient_ascent@3 was not run.
-_ASCENT_VARIANTS = (
-    _v(1, 0, epochs=1),
-    _v(1, 5, epochs=1),
-    _v(1, 5, epochs=5, lr=0.001),
-    _v(3, 5, epochs=5),
-    _v(1, 5, epochs=1, lr=0.001),
-    _v(1, 5, {"unlearn-max-steps": 5}, lr=0.01),
-    _v(3, 5, epochs=1, lr=0.001),
-)
-
-#: Per-method variants searched by ``--tune`` (on the quick cells, seed + 1); the winners
-#: (lowest mean Avg.D to RT over the tuning cells) are copied into ``QUICK.method_settings``.
-TUNING_GRID: Mapping[str, tuple[Mapping[str, Any], ...]] = {
-    "partial_amnesiac": (_v(1, 0), _v(1, 2), _v(1, 5), _v(3, 5)),
-    "amnesiac": (_v(1, 0), _v(1, 5), _v(3, 5), _v(1, 5, {"unlearn-finetune-epochs": 1})),
-    "partial_label_flip": (_v(1, 0, epochs=1), _v(1, 5, epochs=1), _v(1, 5, epochs=5), _v(3, 5, epochs=5)),
-    "label_flip": (_v(1, 0, epochs=1), _v(1, 5, epochs=1), _v(3, 5, epochs=5)),
-    "partial_gradient_ascent": _ASCENT_VARIANTS,
-    "gradient_ascent": _ASCENT_VARIANTS,
-    "sfr_on": (
-        _v(3, 5, {"sfr-iters": 30, "sfr-forget-scale": 5.0}),
-        _v(3, 5, {"sfr-iters": 30, "sfr-forget-scale": 1.0}),
-        _v(3, 5, {"sfr-iters": 150, "sfr-forget-scale": 1.0}),
-        _v(3, 5, {"sfr-iters": 150, "sfr-forget-scale": 25.0}),
-    ),
-    "finetune": (_v(1, 0, epochs=1), _v(1, 5, epochs=1), _v(3, 5, epochs=1)),
-    "pga": (_v(1, 5, epochs=1), _v(1, 5, epochs=5), _v(3, 5, epochs=5)),
+_LENET = {
+    "data.dataset": "mnist",
+    "train.model": "lenet",
+    "data.num-clients": 5,
+    "train.momentum": 0.9,
+    "train.lr": 0.05,
+    "train.batch-size": 32,
+    "history.keep-ratio": 0.1,
+    "train.rounds": 10,
+    "train.local-epochs": 2,
+    "data.samples-per-client": 2000,
+    "data.test-samples": 2000,
 }
 
+
+def _cells(*, sample_share: float, backdoor_share: float, mislabel_epochs: int) -> tuple[BenchCell, ...]:
+    trigger = {"experiment.corrupt-kind": "trigger", "experiment.trigger-target": 0}
+    return (
+        BenchCell(
+            "poisoned-samples",
+            f"{100 * sample_share:.0f}% of client 1's records carry a trigger relabelled 0; exactly those are deleted",
+            "{R}:1:corrupted",
+            {**trigger, "experiment.corrupt-client": 1, "experiment.corrupt-fraction": sample_share},
+        ),
+        BenchCell(
+            "mislabelled-samples",
+            f"{100 * sample_share:.0f}% of client 1's records carry a wrong label; exactly those are deleted",
+            "{R}:1:corrupted",
+            {
+                "experiment.corrupt-client": 1,
+                "experiment.corrupt-kind": "mislabel",
+                "experiment.corrupt-fraction": sample_share,
+                "train.local-epochs": mislabel_epochs,
+            },
+        ),
+        BenchCell(
+            "class-only-client",
+            "every sample of class 7 is on client 1 (the rest IID); client 1 deletes class 7",
+            "{R}:1:class:7",
+            {"data.exclusive-class": 7, "data.exclusive-client": 1},
+        ),
+        BenchCell(
+            "backdoor-client-iid",
+            f"client 3 trains with a trigger on {100 * backdoor_share:.0f}% of its records (relabelled 0), then leaves",
+            "{R}:3:client",
+            {**trigger, "experiment.corrupt-client": 3, "experiment.corrupt-fraction": backdoor_share},
+        ),
+        BenchCell(
+            "backdoor-client-dirichlet",
+            "as backdoor-client-iid, with Dirichlet(0.1) non-IID data",
+            "{R}:3:client",
+            {
+                **trigger,
+                "experiment.corrupt-client": 3,
+                "experiment.corrupt-fraction": backdoor_share,
+                "data.partition": "dirichlet",
+                "data.dirichlet-alpha": 0.1,
+            },
+        ),
+    )
+
+
+#: Per-method phase settings: the budget of outer steps I (a verified phase stops earlier),
+#: the remain steps K, and method knobs. The verified phase adapts the strength within I.
+METHOD_SETTINGS: Mapping[str, Mapping[str, Any]] = {
+    "partial_amnesiac": {"unlearn.partial_amnesiac.outer-steps": 6, "unlearn.partial_amnesiac.remain-steps": 2},
+    "partial_label_flip": {
+        "unlearn.partial_label_flip.outer-steps": 5,
+        "unlearn.partial_label_flip.remain-steps": 5,
+        "unlearn.partial_label_flip.epochs": 5,
+        "unlearn.partial_label_flip.lr": 0.05,
+    },
+    "sfr_on": {
+        "unlearn.sfr_on.outer-steps": 3,
+        "unlearn.sfr_on.remain-steps": 5,
+        "unlearn.sfr_on.iters": 60,
+        "unlearn.sfr_on.forget-scale": 5.0,
+    },
+}
+#: Verification targets of the benchmark: forget down to RT's level where it can be known.
+_TARGETS = {"unlearn.asr-target": 0.02, "unlearn.class-target-fa": 0.02}
+
+EVIDENCE = Profile(
+    name="evidence",
+    cells=_cells(sample_share=0.05, backdoor_share=0.5, mislabel_epochs=5),
+    seeds=(0, 1, 2),
+    settings={**_LENET, **_TARGETS},
+    method_settings=METHOD_SETTINGS,
+)
+
+#: A small MLP federation: the same kinds of cells in a few minutes (a regression check).
 QUICK = Profile(
     name="quick",
-    datasets=("mnist",),
-    models=("lenet",),
-    partitions=("iid",),
-    deletions=(Deletion("sample", 1, amount=0.1), Deletion("class", 2), Deletion("client", 4)),
-    sweep=(Deletion("sample", 1, amount=2), Deletion("sample", 1, amount=8), Deletion("sample", 1, amount=32)),
-    num_clients=5,
-    rounds=5,
-    samples_per_client=800,
-    test_samples=1000,
-    batch_size=32,
-    unlearn={"unlearn-batch-size": 32},
-    # Tuned with --tune (results/bench-tune*/tuning.md): per method the TUNING_GRID variant served
-    # in every tuning cell with the lowest mean Avg.D to RT. Values equal to UnlearnConfig's
-    # defaults are spelled out anyway, so the report lists every method's phase shape.
-    method_settings={
-        "partial_amnesiac": _v(1, 2),  # TUNING_GRID @1
-        "amnesiac": _v(3, 5),  # @2 (the defaults)
-        "partial_label_flip": _v(3, 5, epochs=5),  # @3 (the defaults)
-        "label_flip": _v(3, 5, epochs=5),  # @2 (the defaults)
-        "partial_gradient_ascent": _v(1, 5, epochs=1, lr=0.001),  # @4
-        "gradient_ascent": _v(1, 5, epochs=1, lr=0.001),  # @4
-        "sfr_on": _v(3, 5, {"sfr-iters": 30, "sfr-forget-scale": 5.0}),  # @0
-        "finetune": _v(3, 5, epochs=1),  # @2
-        "pga": _v(1, 5, epochs=1),  # @0
+    cells=tuple(
+        c
+        for c in _cells(sample_share=0.1, backdoor_share=0.5, mislabel_epochs=3)
+        if c.name in ("poisoned-samples", "class-only-client", "backdoor-client-iid")
+    ),
+    seeds=(0,),
+    settings={
+        **_LENET,
+        **_TARGETS,
+        "train.model": "mlp",
+        "data.num-clients": 4,
+        "data.samples-per-client": 500,
+        "data.test-samples": 1000,
+        "train.rounds": 5,
+        "train.local-epochs": 3,
+        "train.lr": 0.1,
+        "train.momentum": 0.0,
     },
+    method_settings=METHOD_SETTINGS,
 )
 
-FULL = dataclasses.replace(
-    QUICK,
-    name="full",
-    datasets=("mnist", "organamnist"),
-    models=("lenet", "mlp", "convnet"),
-    partitions=("iid", "dirichlet"),
-    sweep=(Deletion("sample", 1, amount=4), Deletion("sample", 1, amount=32), Deletion("sample", 1, amount=256)),
-    samples_per_client=None,
-    test_samples=None,
-    batch_size=64,
-    unlearn={"unlearn-batch-size": 64},
-)
+PROFILES: Mapping[str, Profile] = {p.name: p for p in (QUICK, EVIDENCE)}
 
-PROFILES: Mapping[str, Profile] = {"quick": QUICK, "full": FULL}
+
+def with_seeds(profile: Profile, seeds: tuple[int, ...]) -> Profile:
+    """The same profile on other seeds (tuning runs on ``tune_seeds``)."""
+    return dataclasses.replace(profile, seeds=seeds)

@@ -5,7 +5,9 @@ training run into two update histories at once (keep_ratio 1.0 for conventional 
 ``Profile.keep_ratio`` for partial amnesiac; one history round per epoch) while logging
 FA/RA curves; then, per scenario (forget a class / a random 10%), apply every method to a
 copy of the trained model and evaluate it against RT (``evaluate_unlearning`` with RT as
-reference). A sweep of forget-set sizes gives efficacy vs % affected batches (Figure 4).
+reference). A sweep of forget-set sizes gives efficacy vs % affected batches (Figure 4);
+``python -m simulations.paper fig4`` places deletions on exactly p% of the batches instead,
+and ``simulations.paper`` reproduces the seed paper's figures one command each.
 
     python -m simulations.centralized --profile quick --out results/central_quick
 
@@ -37,7 +39,7 @@ from fedunlearn.atomic import write_json_atomic
 from fedunlearn.data import DatasetBundle, load_dataset
 from fedunlearn.errors import DataNotFoundError, FedUnlearnError
 from fedunlearn.metrics import UnlearningMetrics, accuracy, evaluate_unlearning
-from fedunlearn.unlearning.base import ForgetRetainSplit, get_method
+from fedunlearn.unlearning.base import ForgetRetainSplit
 from simulations import plots
 from simulations.centralized_profiles import (
     PROFILES,
@@ -49,7 +51,7 @@ from simulations.centralized_profiles import (
     restrict,
     sweep_forget_sets,
 )
-from simulations.centralized_training import Cell, apply_method, capped, train_original
+from simulations.centralized_training import Cell, apply_method, capped, check_methods, train_original
 
 logger = logging.getLogger("simulations.centralized")
 
@@ -81,7 +83,7 @@ def _row(
         "kl_rt_forget": _clean(m["kl_rt_forget"]),
         "seconds": seconds,
         "kl_rt_test": _clean(m["kl_rt_test"]),
-        "mia_entropy": _clean(m["mia_entropy"]),
+        "mia_svc": _clean(m.get("mia_svc")),
         "forget_size": len(split.forget),
         "retain_size": len(split.retain),
     }
@@ -206,8 +208,7 @@ def run(
     profile: Profile, *, out: Path, data_root: str | None = None, seed: int = 0, figures: bool = True
 ) -> dict[str, Any]:
     """Run ``profile`` and write results.json and (``figures``) table.md and the PNGs into ``out``."""
-    for method in profile.methods:
-        get_method(method.method)  # unknown names fail before any training
+    check_methods(m.method for m in profile.methods)  # unknown names fail before any training
     out.mkdir(parents=True, exist_ok=True)
     results, start = Results(out / "results.json", profile, seed), time.perf_counter()
     for spec in profile.datasets:

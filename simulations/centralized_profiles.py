@@ -24,7 +24,6 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fedunlearn.config import UnlearnConfig
 from fedunlearn.data.indexed import IndexedDataset
 from fedunlearn.errors import ConfigError, UnknownNameError
 
@@ -39,8 +38,8 @@ class MethodSpec:
     (``"amnesiac"``); ``history`` says which recorded history the method reads (``"full"``:
     keep_ratio 1.0, ``"partial"``: keep_ratio ``history_keep``, default ``Profile.keep_ratio``;
     every keep ratio named is recorded during the same training run); ``overrides`` are
-    UnlearnConfig fields (on top of ``Profile.unlearn``), ``scenario_overrides`` further ones
-    per scenario.
+    fields of the method's own settings dataclass (on top of ``Profile.unlearn``),
+    ``scenario_overrides`` further ones per scenario.
     """
 
     label: str
@@ -50,11 +49,16 @@ class MethodSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     scenario_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def config(self, profile: Profile, scenario: str, *, epochs: int) -> UnlearnConfig:
-        """Build the UnlearnConfig of this row in ``scenario`` (``epochs``: default epoch budget)."""
-        values: dict[str, Any] = {"epochs": epochs, **profile.unlearn, **self.overrides}
-        values.update(self.scenario_overrides.get(scenario, {}))
-        return UnlearnConfig(method=self.method, **values)
+    def setting_values(self, profile: Profile, scenario: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(shared defaults, row settings) of this row in ``scenario``.
+
+        Shared defaults (``epochs``: the training epochs, then ``Profile.unlearn``) apply to
+        the fields the method's settings type has; row settings (``overrides``, then
+        ``scenario_overrides[scenario]``) must all be fields of it. The settings object itself
+        is built in one place, ``simulations.centralized_training.method_settings``.
+        """
+        shared: dict[str, Any] = {"epochs": profile.epochs, **profile.unlearn}
+        return shared, {**self.overrides, **self.scenario_overrides.get(scenario, {})}
 
     def history_ratio(self, profile: Profile) -> float | None:
         """Keep ratio of the history this row reads (None: it reads none)."""
@@ -62,12 +66,12 @@ class MethodSpec:
             return None
         return 1.0 if self.history == "full" else self.history_keep or profile.keep_ratio
 
-    def keep_ratio(self, profile: Profile, config: UnlearnConfig) -> float:
+    def keep_ratio(self, profile: Profile, settings: Any) -> float:
         """Fraction of each layer's update entries the method applies (1.0: unpruned)."""
         ratio = self.history_ratio(profile)
         if ratio is not None:
             return ratio
-        return config.select_ratio if self.method.startswith("partial_") else 1.0
+        return float(getattr(settings, "select_ratio", 1.0))
 
 
 @dataclass(frozen=True)
@@ -211,8 +215,8 @@ def sweep_forget_sets(
 # - label flip (both versions): lr 0.005 and 0.01, 1-2 epochs tried; lr 0.005, 1 epoch (lr
 #   0.01 costs LeNet 50 points of RA on random10, and 2 epochs add nothing on class).
 # - amnesiac+ft, finetune: one epoch at the training lr 0.05. random_label: one epoch, lr 0.01.
-# - sfr_on: UnlearnConfig defaults (150 iterations, official settings otherwise).
-_UNLEARN_DEFAULTS: dict[str, Any] = {"lr": 0.01, "batch_size": 64, "select_ratio": 0.1}
+# - sfr_on: SFROnSettings defaults (150 iterations, official settings otherwise).
+UNLEARN_DEFAULTS: dict[str, Any] = {"lr": 0.01, "batch_size": 64, "select_ratio": 0.1}
 _ASCENT = {"lr": 0.01, "epochs": 1, "max_steps": 10}
 _FLIP = {"lr": 0.005, "epochs": 1}
 
@@ -236,7 +240,7 @@ QUICK = Profile(
     datasets=(DatasetSpec("mnist", ("mlp", "lenet"), train_samples=20_000, test_samples=5_000),),
     methods=METHODS,
     epochs=3,
-    unlearn=_UNLEARN_DEFAULTS,
+    unlearn=UNLEARN_DEFAULTS,
     sweep_models=("mlp",),
 )
 
@@ -248,7 +252,7 @@ FULL = Profile(
     ),
     methods=METHODS,
     epochs=5,
-    unlearn=_UNLEARN_DEFAULTS,
+    unlearn=UNLEARN_DEFAULTS,
     max_shadow=2000,
     max_retain_eval=10_000,
 )

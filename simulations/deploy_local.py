@@ -11,25 +11,26 @@ Ctrl-C). The federation options are those of ``fedunlearn simulate``.
 
 A deployment starts a new ClientApp process for every message, so the defaults are a quick
 demo: 3 nodes, 3 rounds, an MLP on 500 samples per node, and ``--set`` defaults
-``unlearn-outer-steps=1`` and ``fraction-evaluate=0.0`` (no client-evaluation messages);
-any ``--set key=value`` given overrides them.
+``unlearn.partial_amnesiac.outer-steps=1`` and ``train.fraction-evaluate=0.0`` (no
+client-evaluation messages); any ``--set key=value`` given overrides them.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from deploy.local import LocalDeployment
+from deploy.processes import interrupt_on_signals
+from deploy.run import DeletionPlan, RunOutcome, run_federation
 from fedunlearn.config import FederationConfig
-from fedunlearn.deploy.local import LocalDeployment
-from fedunlearn.deploy.processes import interrupt_on_signals
-from fedunlearn.deploy.run import DeletionPlan, RunOutcome, run_federation
-from simulations.simulate import add_federation_options, config_from_args, prepare_out_dir
+from fedunlearn.errors import FedUnlearnError
+from simulations import out_dir
+from simulations.cli_options import add_federation_options, config_from_args
 
 #: Small defaults: a deployment spawns one ClientApp process per message, so keep the demo quick.
 #: The ``--set`` items come first, so the user's own ``--set`` items override them.
@@ -39,7 +40,7 @@ DEMO_DEFAULTS = {
     "model": "mlp",
     "samples_per_client": 500,
     "test_samples": 1000,
-    "set": ["unlearn-outer-steps=1", "fraction-evaluate=0.0"],
+    "set": ["unlearn.partial_amnesiac.outer-steps=1", "train.fraction-evaluate=0.0"],
 }
 
 
@@ -124,10 +125,14 @@ def report(outcome: RunOutcome, deployment: LocalDeployment) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.out = args.out or f"runs/deploy-{time.strftime('%Y%m%d-%H%M%S')}"
-    config = dataclasses.replace(config_from_args(args), client_threads=1)
-    root = Path(args.out).resolve()
-    plan = deletion_plan(args, config.data.num_clients)
-    prepare_out_dir(root, overwrite=args.overwrite)
+    try:
+        config = config_from_args(args)
+        root = Path(args.out).resolve()
+        plan = deletion_plan(args, config.data.num_clients)
+        out_dir.prepare(root, overwrite=args.overwrite, resume=False)
+    except (FedUnlearnError, out_dir.OutDirError) as err:
+        print(f"fedunlearn deploy-local: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     deployment = LocalDeployment(
         root, num_nodes=config.data.num_clients, data_root=Path(config.data.root or "."), tls=not args.insecure

@@ -46,24 +46,28 @@ def plot_training(results: Mapping[str, Any], path: str | Path) -> Path:
 
 
 def plot_comparison(report: Mapping[str, Any], path: str | Path) -> Path:
-    """FA / RA / TA / MIA (and backdoor ASR) before unlearning, after it, and for RT."""
-    metrics = report["metrics"]
-    keys = ["FA", "RA", "TA", "MIA"] + (["backdoor_asr"] if metrics["RT"].get("backdoor_asr") is not None else [])
-    names = [n for n in ("before", "unlearned", "RT") if n in metrics]
-    fig, ax = plt.subplots(figsize=(1.6 * len(keys) + 3, 4))
-    width = 0.8 / len(names)
-    for i, name in enumerate(names):
-        values = [100 * (metrics[name].get(k) or 0.0) for k in keys]
-        bars = ax.bar([x + i * width for x in range(len(keys))], values, width, label=name)
-        ax.bar_label(bars, fmt="%.1f", fontsize=7)
-    ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(keys))], [k.replace("_", " ") for k in keys])
-    ax.set_ylabel("%")
-    ax.set_title(
-        f"{report['method']}: Avg.D to RT {metrics['avg_gap_rt']:.2f} points "
-        f"({report['unlearning']['seconds']:.1f} s vs RT {report['retrain']['seconds']:.1f} s)"
-    )
-    ax.legend()
+    """Each label next to ``none``, ``finetune`` and RT: the metrics (left) and the forget
+    metric's gap to RT with the gain over doing nothing (right)."""
+    rows, metric = report["rows"], report["forget_metric"]
+    labels = list(rows)
+    keys = [metric] + [k for k in ("FA", "RA", "TA", "MIA") if k != metric]
+    fig, (ax, ax_gap) = plt.subplots(1, 2, figsize=(max(10, 1.2 * len(keys) * len(labels) / 2 + 4), 4.5))
+    width = 0.8 / len(labels)
+    for i, label in enumerate(labels):
+        values = [100 * (rows[label].get(k) or 0.0) for k in keys]
+        bars = ax.bar([x + i * width for x in range(len(keys))], values, width, label=label)
+        ax.bar_label(bars, fmt="%.1f", fontsize=6)
+    ax.set_xticks([x + width * (len(labels) - 1) / 2 for x in range(len(keys))], keys)
+    ax.set(ylabel="%", title=f"metrics ({'discriminating' if report['discriminating'] else 'NOT discriminating'})")
+    ax.legend(fontsize="small")
     ax.grid(axis="y", alpha=0.3)
+    gaps = [rows[label]["forget_gap_rt"] for label in labels]
+    bars = ax_gap.bar(labels, gaps, color=["tab:grey" if lab in ("none", "RT") else "tab:blue" for lab in labels])
+    ax_gap.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax_gap.set(ylabel="points", title=f"{metric}: gap to RT (lower is better)")
+    ax_gap.tick_params(axis="x", rotation=30)
+    ax_gap.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"deletion schedule {report['schedule']!r}")
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out, dpi=120)

@@ -58,7 +58,9 @@ def register_partitioner(name: str) -> Callable[[Partitioner], Partitioner]:
 def make_partition(sample_ids: SampleIds, labels: np.ndarray, config: DataConfig, *, seed: int) -> Partition:
     """Partition ``sample_ids`` (with their ``labels``) as ``config`` says, deterministically.
 
-    ``config.samples_per_client`` then keeps a seeded random subset of each client's ids.
+    ``config.samples_per_client`` then keeps a seeded random subset of each client's ids,
+    and ``config.exclusive_class`` moves every kept sample of that class to
+    ``config.exclusive_client``.
 
     >>> p = make_partition(np.arange(10), np.arange(10) % 2, DataConfig(num_clients=2), seed=0)
     >>> sorted(np.concatenate(p.client_ids).tolist()) == list(range(10))
@@ -83,7 +85,17 @@ def make_partition(sample_ids: SampleIds, labels: np.ndarray, config: DataConfig
             p if len(p) <= config.samples_per_client else rng.choice(p, config.samples_per_client, replace=False)
             for p in parts
         ]
+    if config.exclusive_class is not None:
+        parts = _exclusive(parts, ids[labels == config.exclusive_class], config.exclusive_client)
     return Partition(tuple(np.sort(p).astype(np.int64) for p in parts))
+
+
+def _exclusive(parts: list[np.ndarray], members: np.ndarray, client: int) -> list[np.ndarray]:
+    """The partitioned samples that are ``members`` (of the exclusive class) on ``client`` only."""
+    held = np.concatenate([p[np.isin(p, members)] for p in parts])
+    moved = [p[~np.isin(p, members)] for p in parts]
+    moved[client] = np.concatenate([moved[client], held])
+    return moved
 
 
 @register_partitioner("iid")

@@ -55,6 +55,10 @@ from fedunlearn.types import SampleIds
 logger = logging.getLogger(__name__)
 
 IdsLike = Sequence[int] | np.ndarray | torch.Tensor
+MISSING_ADVICE = (
+    "Restore the history from a backup, or serve the request with a method that needs no history (e.g. sfr_on or "
+    "retraining); an empty history would make the correction zero and the receipt a false claim."
+)
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,33 @@ class HistoryStore:
     def for_model(cls, directory: str | Path, *, model: nn.Module, config: HistoryConfig) -> HistoryStore:
         """Open (or create) the store for ``model``'s trainable-parameter layout."""
         return cls(directory, layout=ParamLayout.from_model(model), config=config)
+
+    @classmethod
+    def open_existing(cls, directory: str | Path, *, model: nn.Module, config: HistoryConfig) -> HistoryStore:
+        """Open a history that must already exist; never creates one.
+
+        Raises HistoryError naming the directory when it or its ``manifest.json`` is missing
+        (nothing is written), and the usual errors for a damaged or mismatched history.
+        """
+        folder = Path(directory)
+        if not folder.is_dir():
+            raise HistoryError(
+                f"no update history at {folder}: the directory does not exist (deleted, moved, or never recorded). "
+                f"Expected the history this client recorded while training. {MISSING_ADVICE}"
+            )
+        if not (folder / MANIFEST_NAME).is_file():
+            if any(folder.glob("round-*.bin")):
+                raise HistoryCorruptedError(
+                    f"{folder / MANIFEST_NAME} is missing but {folder} holds round files, so which rounds are "
+                    f"complete is unknown. {CORRUPTION_ADVICE}"
+                )
+            raise HistoryError(f"{folder} holds no {MANIFEST_NAME}, so it holds no committed history. {MISSING_ADVICE}")
+        return cls(folder, layout=ParamLayout.from_model(model), config=config)
+
+    @property
+    def is_empty(self) -> bool:
+        """Whether no round is stored (from the manifest alone; reads no round file)."""
+        return not self._manifest.rounds
 
     # ------------------------------------------------------------------ opening
 

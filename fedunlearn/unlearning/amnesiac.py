@@ -7,8 +7,8 @@ weight when ``context.history_weighted``, else 1), read from ``context.history``
 
 The two methods run the same code; they differ in what the history holds. ``amnesiac``
 expects a full history (keep_ratio 1.0) and is conventionally followed by fine-tuning on
-D_r (Graves et al. need it; set ``config.finetune_epochs``, plain SGD at ``config.lr``,
-batch ``config.batch_size``); ``partial_amnesiac`` expects a pruned one (keep_ratio < 1) and
+D_r (Graves et al. need it; set ``settings.finetune_epochs``, plain SGD at ``settings.lr``,
+batch ``settings.batch_size``); ``partial_amnesiac`` expects a pruned one (keep_ratio < 1) and
 fine-tunes only when ``finetune_epochs > 0`` is requested explicitly. Each warns when the
 history's keep_ratio suggests the other method.
 
@@ -20,23 +20,47 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from fedunlearn.config import UnlearnConfig
+from fedunlearn.config import Checks, MethodSettings
 from fedunlearn.errors import UnlearningError
 from fedunlearn.history import HistoryStore, HistorySum
 from fedunlearn.types import Delta
+from fedunlearn.unlearning.base import MethodTraits
 from fedunlearn.unlearning.common import Workspace, float_state, state_difference, unlearning_method
 from fedunlearn.unlearning.remain import sgd_descent
 
 logger = logging.getLogger(__name__)
 
 
-def _needs_finetune(config: UnlearnConfig) -> bool:
+@dataclass(frozen=True)
+class AmnesiacSettings(MethodSettings):
+    """Amnesiac settings: the optional fine-tuning on D_r after the subtraction
+    (``finetune_epochs`` passes of plain SGD at ``lr``, batches of ``batch_size``; 0: none)."""
+
+    finetune_epochs: int = 0
+    lr: float = 0.01
+    batch_size: int = 64
+
+    def check(self, checks: Checks) -> None:
+        """Add the fine-tuning settings' problems."""
+        super().check(checks)
+        checks.at_least("finetune-epochs", self.finetune_epochs, 0)
+        checks.positive("lr", self.lr)
+        checks.at_least("batch-size", self.batch_size, 1)
+
+
+def _needs_finetune(settings: AmnesiacSettings) -> bool:
     """D_r is needed only for the optional fine-tuning."""
-    return config.finetune_epochs > 0
+    return settings.finetune_epochs > 0
+
+
+def _traits(history: str) -> MethodTraits:
+    """The stored history is spent once: a verified phase strengthens it by scaling the same correction."""
+    return MethodTraits(history=history, needs_retain=_needs_finetune, fast="once", strengthen="scale")  # type: ignore[arg-type]
 
 
 def history_correction(ws: Workspace, store: HistoryStore) -> HistorySum:
@@ -95,24 +119,24 @@ def _amnesiac(ws: Workspace) -> Delta:
     ws.cost.history_steps = total.num_steps
     ws.info.update(rounds=list(total.rounds), keep_ratio=store.config.keep_ratio, weighted=ws.context.history_weighted)
     correction = _subtract(ws, total)
-    if ws.config.finetune_epochs == 0:
+    if ws.settings.finetune_epochs == 0:
         return correction
     before = float_state(ws.model)
     ws.cost.forward_backward += sgd_descent(
         ws.model,
         ws.split.retain,
-        lr=ws.config.lr,
-        batch_size=ws.config.batch_size,
+        lr=ws.settings.lr,
+        batch_size=ws.settings.batch_size,
         generator=ws.generator("finetune"),
         device=ws.device,
-        epochs=ws.config.finetune_epochs,
+        epochs=ws.settings.finetune_epochs,
         what=f"{ws.name} fine-tuning",
     )
     finetuned = state_difference(float_state(ws.model), before)
     return {k: v + correction[k] if k in correction else v for k, v in finetuned.items()}
 
 
-@unlearning_method("amnesiac", needs_retain=_needs_finetune)
+@unlearning_method("amnesiac", settings=AmnesiacSettings, traits=_traits("dense"))
 def amnesiac(ws: Workspace) -> Delta:
     """Conventional amnesiac: subtract the full stored updates, then fine-tune on D_r.
 
@@ -129,7 +153,7 @@ def amnesiac(ws: Workspace) -> Delta:
     return _amnesiac(ws)
 
 
-@unlearning_method("partial_amnesiac", needs_retain=_needs_finetune)
+@unlearning_method("partial_amnesiac", settings=AmnesiacSettings, traits=_traits("pruned"))
 def partial_amnesiac(ws: Workspace) -> Delta:
     """Partial amnesiac: subtract the layer-wise pruned stored updates; no fine-tuning by default.
 

@@ -3,6 +3,7 @@
 ``unlearning_method(name)`` turns a method *body* ``body(ws) -> Delta`` into a registered
 ``UnlearningMethod``. The wrapper, once for all methods:
 
+- registers the method with its settings type and traits (``fedunlearn.unlearning.base``);
 - returns an all-zero correction for an EMPTY forget set (nothing to forget, so the weights
   stay bit-identical, whatever the method; no history, factory or D_r is needed);
 - raises ``UnlearningError("D_r is empty; ...")`` when the method needs retained data and
@@ -31,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedunlearn.config import UnlearnConfig
+from fedunlearn.config import MethodSettings
 from fedunlearn.errors import UnlearningError
 from fedunlearn.metrics.accuracy import model_device
 from fedunlearn.types import Delta
@@ -39,8 +40,10 @@ from fedunlearn.unlearning.base import (
     Correction,
     Cost,
     ForgetRetainSplit,
+    MethodTraits,
     UnlearnContext,
     UnlearningMethod,
+    get_method,
     register_method,
 )
 
@@ -50,7 +53,8 @@ class Workspace:
     """What a method body works with: a private copy of the model and the request.
 
     ``model`` is a deep copy on ``device`` that the body may change freely; ``original`` is
-    the input model (read-only); ``cost`` and ``info`` are returned in the Correction.
+    the input model (read-only); ``settings`` are the method's own (``unlearn.<method>.*``);
+    ``cost`` and ``info`` are returned in the Correction.
     """
 
     name: str
@@ -58,7 +62,7 @@ class Workspace:
     original: nn.Module
     device: torch.device
     split: ForgetRetainSplit
-    config: UnlearnConfig
+    settings: Any
     context: UnlearnContext
     cost: Cost = field(default_factory=Cost)
     info: dict[str, Any] = field(default_factory=dict)
@@ -164,42 +168,30 @@ def check_finite_result(name: str, delta: Mapping[str, torch.Tensor], reference:
         )
 
 
-_NEEDS_RETAIN: dict[str, Callable[[UnlearnConfig], bool]] = {}
-
-
-def method_needs_retain(name: str, config: UnlearnConfig) -> bool:
-    """Whether method ``name`` (as configured) needs retained samples D_r on the unlearning side."""
-    rule = _NEEDS_RETAIN.get(name)
-    return rule is not None and bool(rule(config))
-
-
 def unlearning_method(
-    name: str, *, needs_retain: Callable[[UnlearnConfig], bool] = lambda config: False
+    name: str, *, settings: type[MethodSettings], traits: MethodTraits
 ) -> Callable[[MethodBody], UnlearningMethod]:
     """Register ``body(ws) -> Delta`` as unlearning method ``name`` (see the module docstring)."""
-    _NEEDS_RETAIN[name] = needs_retain
 
     def decorator(body: MethodBody) -> UnlearningMethod:
         @functools.wraps(body)
-        def method(
-            model: nn.Module, *, split: ForgetRetainSplit, config: UnlearnConfig, context: UnlearnContext
-        ) -> Correction:
+        def method(model: nn.Module, *, split: ForgetRetainSplit, settings: Any, context: UnlearnContext) -> Correction:
             start = time.perf_counter()
             reference = float_state(model)
             if len(split.forget) == 0:
                 zeros = complete_delta({}, reference)
                 return Correction(name, zeros, Cost(), {"skipped": "empty forget set: nothing to forget"})
-            if needs_retain(config):
+            if get_method(name).needs_retain(settings):
                 require_retain(split, name)
             device = context.device or model_device(model)
-            ws = Workspace(name, copy.deepcopy(model).to(device), model, device, split, config, context)
+            ws = Workspace(name, copy.deepcopy(model).to(device), model, device, split, settings, context)
             with seeded_rng(context.seed, device):
                 delta = complete_delta(body(ws), reference)
             check_finite_result(name, delta, reference)
             ws.cost.seconds = time.perf_counter() - start
             return Correction(name, delta, ws.cost, ws.info)
 
-        register_method(name)(method)
+        register_method(name, settings=settings, traits=traits)(method)
         return method
 
     return decorator

@@ -2,10 +2,10 @@
 
 ALGORITHMS.md, "Label-flip and partial label-flip" (seed: Gogineni & Nadimi 2024; the
 relabelling idea goes back to Graves et al. 2021). Every forgotten sample gets one random
-*wrong* label, drawn once per run from ``context.seed``; then ``config.epochs`` passes of
-plain SGD (lr ``config.lr``, batch ``config.batch_size``, at most ``config.max_steps``
+*wrong* label, drawn once per run from ``context.seed``; then ``settings.epochs`` passes of
+plain SGD (lr ``settings.lr``, batch ``settings.batch_size``, at most ``settings.max_steps``
 steps) on the relabelled D_f. ``label_flip`` applies each step whole; ``partial_label_flip``
-applies only its layer-wise selection (``config.select_ratio``, ``config.selector``).
+applies only its layer-wise selection (``settings.select_ratio``, ``settings.selector``).
 See ``fedunlearn.unlearning.steps`` for the step and its eval-mode forward pass.
 """
 
@@ -18,8 +18,12 @@ import torch
 from fedunlearn.data.indexed import IndexedDataset
 from fedunlearn.errors import UnlearningError
 from fedunlearn.types import Delta
+from fedunlearn.unlearning.base import MethodTraits
 from fedunlearn.unlearning.common import Workspace, unlearning_method
-from fedunlearn.unlearning.steps import run_forget_passes
+from fedunlearn.unlearning.steps import PartialStepSettings, StepSettings, run_forget_passes
+
+#: Label-flip runs fresh steps from whatever model it is given: a verified phase repeats it.
+TRAITS = MethodTraits(fast="once", strengthen="repeat")
 
 
 def wrong_labels(labels: torch.Tensor, num_classes: int, *, generator: torch.Generator) -> torch.Tensor:
@@ -49,7 +53,7 @@ def _label_flip(ws: Workspace, *, partial: bool) -> Delta:
     return ws.change()
 
 
-@unlearning_method("label_flip")
+@unlearning_method("label_flip", settings=StepSettings, traits=TRAITS)
 def label_flip(ws: Workspace) -> Delta:
     """Naive label-flip: every SGD step on the wrongly labelled D_f is applied whole.
 
@@ -58,14 +62,14 @@ def label_flip(ws: Workspace) -> Delta:
     return _label_flip(ws, partial=False)
 
 
-@unlearning_method("partial_label_flip")
+@unlearning_method("partial_label_flip", settings=PartialStepSettings, traits=TRAITS)
 def partial_label_flip(ws: Workspace) -> Delta:
     """Partial label-flip: each step restricted to its layer-wise selection.
 
     Reads what ``label_flip`` reads plus ``select_ratio`` (rho) and ``selector``; warns when
     ``select_ratio`` is 1.0 (then it equals ``label_flip``).
     """
-    if ws.config.select_ratio == 1.0:
+    if ws.settings.select_ratio == 1.0:
         warnings.warn("partial_label_flip with select_ratio=1.0 selects every entry: it is label_flip", stacklevel=3)
-    ws.info["select_ratio"] = ws.config.select_ratio
+    ws.info["select_ratio"] = ws.settings.select_ratio
     return _label_flip(ws, partial=True)

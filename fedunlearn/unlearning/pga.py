@@ -10,11 +10,11 @@ those rounds are the phase's slow steps (the remaining clients' remain correctio
 
 Where we follow the code:
 
-- the step: SGD (lr ``config.lr``, momentum ``PGA_MOMENTUM`` = 0.9) on ``-CE`` of a D_f batch
+- the step: SGD (lr ``settings.lr``, momentum ``PGA_MOMENTUM`` = 0.9) on ``-CE`` of a D_f batch
   (true labels), the gradient's total norm clipped to ``PGA_CLIP_NORM`` = 5, then projection
   of the whole parameter vector (``parameters_to_vector``; buffers are not projected) onto the
-  ball, after every step; ``config.epochs`` passes (the code's 5 is our default), at most
-  ``config.max_steps`` steps;
+  ball, after every step; ``settings.epochs`` passes (the code's 5 is our default), at most
+  ``settings.max_steps`` steps;
 - the radius: the code computes ``threshold = mean_i ||w_ref - w_rand,i||^2 / 3`` over 10
   freshly initialised models (``Utils.get_distance`` returns the *squared* norm) and
   projects to radius ``sqrt(threshold)``. So ``delta = sqrt(mean_i ||w_ref - w_rand,i||^2 / 3)``,
@@ -33,7 +33,7 @@ Where we chose:
   Neither is available to a client here (no validation split in ``ForgetRetainSplit``, no
   kept local model). We stop once the mean CE on D_f reaches ``ln(num_classes)``
   (``stop_loss``): the model then predicts D_f no better than a uniform guess, and further
-  ascent only wanders inside the ball. Also ``config.target_fa``, when set, stops the ascent
+  ascent only wanders inside the ball. Also ``settings.target_fa``, when set, stops the ascent
   once FA on D_f <= target (as ``gradient_ascent`` does). Both are checked before the first
   step and after each step on the whole D_f (one forward pass, counted in ``cost.extra``).
 - the forward pass runs in eval mode like this package's other ascent methods (the code's
@@ -52,7 +52,9 @@ from torch import nn
 from fedunlearn.errors import UnlearningError
 from fedunlearn.metrics.accuracy import evaluate_loss_accuracy
 from fedunlearn.types import Delta
+from fedunlearn.unlearning.base import MethodTraits
 from fedunlearn.unlearning.common import Workspace, check_loss, unlearning_method
+from fedunlearn.unlearning.steps import AscentSettings
 
 #: SGD momentum of the ascent (official code: ``SGD(lr=0.01, momentum=0.9)``).
 PGA_MOMENTUM = 0.9
@@ -122,11 +124,11 @@ def _random_vectors(ws: Workspace, count: int) -> list[torch.Tensor]:
 
 
 def _should_stop(ws: Workspace, limit: float) -> tuple[bool, float, float]:
-    """One pass over D_f: stop when mean CE >= ``limit`` or FA <= ``config.target_fa``."""
+    """One pass over D_f: stop when mean CE >= ``limit`` or FA <= ``settings.target_fa``."""
     result = evaluate_loss_accuracy(
-        ws.model, ws.split.forget, batch_size=max(ws.config.batch_size, 256), device=ws.device
+        ws.model, ws.split.forget, batch_size=max(ws.settings.batch_size, 256), device=ws.device
     )
-    target = ws.config.target_fa
+    target = ws.settings.target_fa
     return result.loss >= limit or (target is not None and result.accuracy <= target), result.loss, result.accuracy
 
 
@@ -142,7 +144,7 @@ def _ascent_step(
     return value
 
 
-@unlearning_method("pga")
+@unlearning_method("pga", settings=AscentSettings, traits=MethodTraits(fast="once", strengthen="repeat"))
 def pga(ws: Workspace) -> Delta:
     """Projected gradient ascent on D_f around the given model (see the module docstring).
 
@@ -151,7 +153,7 @@ def pga(ws: Workspace) -> Delta:
     the steps, the last CE/FA on D_f and why it stopped; ``cost.extra`` the projections and
     the evaluation passes.
     """
-    config = ws.config
+    config = ws.settings
     center = parameter_vector(ws.model).to(ws.device)
     radius = ball_radius(center.cpu(), _random_vectors(ws, PGA_RANDOM_MODELS))
     limit = stop_loss(ws.split.forget.num_classes)

@@ -14,7 +14,10 @@ ALGORITHMS.md, "SFR-on", saliency mask (Huang et al. 2024, official code
   ``|sum over D_f batches of grad(-CE)|`` is among the top ``keep_fraction`` (0.5, SalUn's
   default sparsity) of ALL entries of the model ranked together (a global, not per-layer, top-k).
 
-Rules are registered by name (``config.saliency``): ``"fisher"``, ``"salun_topk"``, ``"none"``.
+Rules are registered by name (``settings.saliency`` of ``SFROnSettings``): ``"fisher"``,
+``"salun_topk"``, ``"none"``. A rule reads only ``saliency``, ``saliency_gamma`` and
+``batch_size`` (the ``SaliencySettings`` protocol), so any settings object with those fields
+(SFR-on's, or a federated site's) can build a mask.
 With ``context.remain_fisher`` given (federated: the remaining clients' Fisher, averaged by
 the server), the fisher rule uses it instead of computing F_r on ``split.retain``.
 """
@@ -27,11 +30,11 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
 
-from fedunlearn.config import UnlearnConfig
 from fedunlearn.data.indexed import IndexedDataset
 from fedunlearn.errors import UnknownNameError, UnlearningError
 from fedunlearn.metrics.accuracy import model_device
@@ -212,12 +215,31 @@ class SaliencyResult:
         return sum(int(m.sum()) for m in self.mask.values()) / total if total else math.nan
 
 
-SaliencyRule = Callable[[nn.Module, ForgetRetainSplit, UnlearnConfig, UnlearnContext], SaliencyResult]
+class SaliencySettings(Protocol):
+    """What a mask rule reads from a method's settings (``SFROnSettings`` has all three)."""
+
+    @property
+    def saliency(self) -> str:
+        """Name of the registered mask rule."""
+        ...
+
+    @property
+    def saliency_gamma(self) -> float:
+        """Threshold gamma of the Fisher-ratio rule."""
+        ...
+
+    @property
+    def batch_size(self) -> int:
+        """Mini-batch size of the Fisher / gradient passes."""
+        ...
+
+
+SaliencyRule = Callable[[nn.Module, ForgetRetainSplit, SaliencySettings, UnlearnContext], SaliencyResult]
 _RULES: dict[str, SaliencyRule] = {}
 
 
 def register_saliency_rule(name: str) -> Callable[[SaliencyRule], SaliencyRule]:
-    """Register a mask rule under ``name`` (selected by ``UnlearnConfig.saliency``)."""
+    """Register a mask rule under ``name`` (selected by ``settings.saliency``)."""
 
     def decorator(rule: SaliencyRule) -> SaliencyRule:
         if name in _RULES:
@@ -234,7 +256,7 @@ def available_saliency_rules() -> list[str]:
 
 
 def build_saliency_mask(
-    model: nn.Module, *, split: ForgetRetainSplit, config: UnlearnConfig, context: UnlearnContext
+    model: nn.Module, *, split: ForgetRetainSplit, config: SaliencySettings, context: UnlearnContext
 ) -> SaliencyResult:
     """Build the mask ``config.saliency`` names; UnknownNameError lists the registered rules."""
     rule = _RULES.get(config.saliency)
@@ -247,7 +269,7 @@ def build_saliency_mask(
 
 @register_saliency_rule("fisher")
 def _fisher_rule(
-    model: nn.Module, split: ForgetRetainSplit, config: UnlearnConfig, context: UnlearnContext
+    model: nn.Module, split: ForgetRetainSplit, config: SaliencySettings, context: UnlearnContext
 ) -> SaliencyResult:
     bs = config.batch_size
     forget = diagonal_fisher(model, split.forget, batch_size=bs, shuffle_seed=context.seed)
@@ -263,7 +285,7 @@ def _fisher_rule(
 
 @register_saliency_rule("salun_topk")
 def _salun_rule(
-    model: nn.Module, split: ForgetRetainSplit, config: UnlearnConfig, context: UnlearnContext
+    model: nn.Module, split: ForgetRetainSplit, config: SaliencySettings, context: UnlearnContext
 ) -> SaliencyResult:
     mask = salun_topk_mask(model, split.forget, batch_size=config.batch_size, shuffle_seed=context.seed)
     return SaliencyResult(mask, num_passes(split.forget, batch_size=config.batch_size), 0, 0.0)
@@ -271,6 +293,6 @@ def _salun_rule(
 
 @register_saliency_rule("none")
 def _no_mask(
-    model: nn.Module, split: ForgetRetainSplit, config: UnlearnConfig, context: UnlearnContext
+    model: nn.Module, split: ForgetRetainSplit, config: SaliencySettings, context: UnlearnContext
 ) -> SaliencyResult:
     return SaliencyResult(None, 0, 0, 0.0)

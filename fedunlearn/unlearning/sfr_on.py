@@ -22,23 +22,25 @@ two agree unless a loss is ~0); the lr of iteration t is set in closed form
 ``lr * (1 + cos(pi t / n_iters)) / 2`` instead of by the scheduler's recursion (equal in
 exact arithmetic), which lets a federated server run iterations out of one process. As in
 the code, weight decay and momentum act on every entry in a forget step, so entries outside
-M still move a little unless both are 0. Defaults are scaled down (``sfr_iters`` 150, see
-``UnlearnConfig``); the code's are for CIFAR-10 ResNet-18 (1500 iterations).
+M still move a little unless both are 0. Defaults are scaled down (``iters`` 150, see
+``SFROnSettings``); the code's are for CIFAR-10 ResNet-18 (1500 iterations).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from fedunlearn.config import UnlearnConfig
+from fedunlearn.config import Checks, MethodSettings
 from fedunlearn.data.indexed import IndexedDataset
 from fedunlearn.errors import UnlearningError
 from fedunlearn.metrics.accuracy import model_device
 from fedunlearn.types import Delta
+from fedunlearn.unlearning.base import MethodTraits
 from fedunlearn.unlearning.common import (
     Workspace,
     check_loss,
@@ -49,6 +51,41 @@ from fedunlearn.unlearning.common import (
 )
 from fedunlearn.unlearning.remain import batch_stream, ce_step
 from fedunlearn.unlearning.saliency import Mask, build_saliency_mask, check_same_layout
+
+
+@dataclass(frozen=True)
+class SFROnSettings(MethodSettings):
+    """SFR-on's settings (``unlearn.sfr_on.*``), named as in the official code.
+
+    ``iters`` (n_iters), ``forget_freq``, ``temperature`` (lambda), ``forget_scale`` (a_0 of
+    a_t), ``clip_norm``, ``saliency`` (mask rule: ``fisher``, ``salun_topk`` or ``none``),
+    ``saliency_gamma``, and the one optimizer of both kinds of step: ``lr`` (cosine-annealed
+    over ``iters``), ``momentum``, ``weight_decay``, ``batch_size``. Defaults are the
+    official code's, with ``iters`` scaled down from 1500.
+    """
+
+    iters: int = 150
+    forget_freq: int = 5
+    temperature: float = 0.5
+    forget_scale: float = 25.0
+    clip_norm: float = 7.0
+    saliency: str = "fisher"
+    saliency_gamma: float = 1.0
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+
+    def check(self, checks: Checks) -> None:
+        """Add SFR-on's problems."""
+        super().check(checks)
+        for name in ("iters", "forget_freq", "batch_size"):
+            checks.at_least(name.replace("_", "-"), getattr(self, name), 1)
+        for name in ("temperature", "clip_norm", "saliency_gamma", "lr"):
+            checks.positive(name.replace("_", "-"), getattr(self, name))
+        checks.non_negative("forget-scale", self.forget_scale)
+        checks.non_negative("weight-decay", self.weight_decay)
+        checks.in_range("momentum", self.momentum, 0.0, 1.0)
 
 
 def adaptive_weights(losses: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -119,7 +156,7 @@ class SFROnSession:
 
     >>> data = IndexedDataset(torch.randn(4, 2), torch.tensor([0, 1, 0, 1]), torch.arange(4), 2)
     >>> session = SFROnSession(nn.Linear(2, 2), forget=data, retain=None, mask=None,
-    ...                        config=UnlearnConfig(sfr_iters=3, forget_freq=1), seed=0)
+    ...                        settings=SFROnSettings(iters=3, forget_freq=1), seed=0)
     >>> session.run(remain=False); session.forget_steps
     3
     """
@@ -131,17 +168,17 @@ class SFROnSession:
         forget: IndexedDataset,
         retain: IndexedDataset | None,
         mask: Mask | None,
-        config: UnlearnConfig,
+        settings: SFROnSettings,
         seed: int,
         device: torch.device | None = None,
     ) -> None:
-        self.config = config
+        self.settings = config = settings
         self.home = model_device(model)
         self.device = device or self.home
         self.model = copy.deepcopy(model).to(self.device)
         self._start = float_state(self.model)
         self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=config.sfr_lr, momentum=config.momentum, weight_decay=config.weight_decay
+            self.model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
         )
         self.mask = self._prepare_mask(mask)
         bs = config.batch_size
@@ -167,11 +204,11 @@ class SFROnSession:
 
     def _begin(self, t: int) -> None:
         """Set iteration t's learning rate and train mode."""
-        n = self.config.sfr_iters
+        n = self.settings.iters
         if not 0 <= t < n:
-            raise ValueError(f"iteration t must be in [0, {n}) (config.sfr_iters), got {t}")
+            raise ValueError(f"iteration t must be in [0, {n}) (settings.iters), got {t}")
         for group in self.optimizer.param_groups:
-            group["lr"] = self.config.sfr_lr * cosine_factor(t, n)
+            group["lr"] = self.settings.lr * cosine_factor(t, n)
         self.model.train()
 
     def forget_step(self, t: int) -> float:
@@ -180,14 +217,14 @@ class SFROnSession:
             raise UnlearningError("SFR-on forget step: D_f is empty")
         self._begin(t)
         batch = next(self._forget)
-        cfg = self.config
+        cfg = self.settings
         value = masked_forget_step(
             self.model,
             self.optimizer,
             batch.inputs,
             batch.labels,
             mask=self.mask,
-            coefficient=cfg.forget_scale * cosine_factor(t, cfg.sfr_iters),
+            coefficient=cfg.forget_scale * cosine_factor(t, cfg.iters),
             temperature=cfg.temperature,
             clip_norm=cfg.clip_norm,
             step=self.forget_steps,
@@ -207,14 +244,14 @@ class SFROnSession:
 
     def iteration(self, t: int, *, remain: bool = True) -> None:
         """Run iteration t: a forget step when ``t % forget_freq == 0``, then a remain step (if ``remain``)."""
-        if t % self.config.forget_freq == 0:
+        if t % self.settings.forget_freq == 0:
             self.forget_step(t)
         if remain:
             self.remain_step(t)
 
     def run(self, *, remain: bool = True) -> None:
-        """All ``config.sfr_iters`` iterations (``remain=False``: the fast steps only)."""
-        for t in range(self.config.sfr_iters):
+        """All ``settings.iters`` iterations (``remain=False``: the fast steps only)."""
+        for t in range(self.settings.iters):
             self.iteration(t, remain=remain)
 
     def delta(self) -> Delta:
@@ -222,7 +259,11 @@ class SFROnSession:
         return {k: v.to(self.home) for k, v in state_difference(float_state(self.model), self._start).items()}
 
 
-@unlearning_method("sfr_on", needs_retain=lambda config: True)
+@unlearning_method(
+    "sfr_on",
+    settings=SFROnSettings,
+    traits=MethodTraits(needs_retain=True, needs_remain_fisher=True, fast="spread", strengthen="repeat"),
+)
 def sfr_on(ws: Workspace) -> Delta:
     """SFR-on as in the official code (see the module docstring).
 
@@ -232,13 +273,13 @@ def sfr_on(ws: Workspace) -> Delta:
     (used instead of F_r on D_r when given) and ``context.seed``. The cost counts the Fisher
     passes, also reported separately in ``cost.extra``.
     """
-    saliency = build_saliency_mask(ws.model, split=ws.split, config=ws.config, context=ws.context)
+    saliency = build_saliency_mask(ws.model, split=ws.split, config=ws.settings, context=ws.context)
     session = SFROnSession(
         ws.model,
         forget=ws.split.forget,
         retain=ws.split.retain,
         mask=saliency.mask,
-        config=ws.config,
+        settings=ws.settings,
         seed=ws.context.seed,
         device=ws.device,
     )
@@ -246,7 +287,7 @@ def sfr_on(ws: Workspace) -> Delta:
     fisher_batches = saliency.forget_batches + saliency.remain_batches
     ws.cost.forward_backward += fisher_batches + session.forget_steps + session.remain_steps
     ws.cost.extra.update(
-        saliency=ws.config.saliency,
+        saliency=ws.settings.saliency,
         mask_fraction=saliency.fraction,
         fisher_forget_batches=saliency.forget_batches,
         fisher_remain_batches=saliency.remain_batches,

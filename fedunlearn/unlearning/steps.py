@@ -26,11 +26,80 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fedunlearn.config import Checks, MethodSettings
+from fedunlearn.config.sections import SELECTOR_NAMES
 from fedunlearn.data.indexed import IndexedDataset
 from fedunlearn.history.pruning import mask_layerwise
 from fedunlearn.metrics.accuracy import accuracy
-from fedunlearn.types import Delta
+from fedunlearn.types import Delta, SelectorName
 from fedunlearn.unlearning.common import Workspace, check_loss
+
+
+@dataclass(frozen=True)
+class StepSettings(MethodSettings):
+    """Settings of a method made of plain-SGD passes (label-flip, ascent, fine-tune, RL, RT).
+
+    ``epochs`` passes over its data at ``lr`` with batches of ``batch_size``, capped at
+    ``max_steps`` steps (None: no cap).
+    """
+
+    lr: float = 0.01
+    epochs: int = 5
+    max_steps: int | None = None
+    batch_size: int = 64
+
+    def check(self, checks: Checks) -> None:
+        """Add the step settings' problems."""
+        super().check(checks)
+        checks.positive("lr", self.lr)
+        checks.at_least("epochs", self.epochs, 1)
+        checks.at_least("max-steps", self.max_steps, 1, optional=True)
+        checks.at_least("batch-size", self.batch_size, 1)
+
+
+@dataclass(frozen=True)
+class AscentSettings(StepSettings):
+    """Gradient ascent: step settings plus ``target_fa``, an FA at which the ascent stops early."""
+
+    target_fa: float | None = None
+
+    def check(self, checks: Checks) -> None:
+        """Add the ascent settings' problems."""
+        super().check(checks)
+        if self.target_fa is not None:
+            checks.in_range("target-fa", self.target_fa, 0.0, 1.0)
+
+
+def _check_selection(checks: Checks, select_ratio: float, selector: str) -> None:
+    checks.in_range("select-ratio", select_ratio, 0.0, 1.0, low_open=True)
+    checks.one_of("selector", selector, SELECTOR_NAMES)
+
+
+@dataclass(frozen=True)
+class PartialStepSettings(StepSettings):
+    """A layer-wise partial step method: each step keeps ``select_ratio`` of every layer's
+    entries, chosen by ``selector`` (``topk`` magnitude, or ``random`` for ablation)."""
+
+    select_ratio: float = 0.1
+    selector: SelectorName = "topk"
+
+    def check(self, checks: Checks) -> None:
+        """Add the selection's problems."""
+        super().check(checks)
+        _check_selection(checks, self.select_ratio, self.selector)
+
+
+@dataclass(frozen=True)
+class PartialAscentSettings(AscentSettings):
+    """Partial gradient ascent: ascent settings plus the layer-wise selection."""
+
+    select_ratio: float = 0.1
+    selector: SelectorName = "topk"
+
+    def check(self, checks: Checks) -> None:
+        """Add the selection's problems."""
+        super().check(checks)
+        _check_selection(checks, self.select_ratio, self.selector)
 
 
 def gradient_step(
@@ -89,14 +158,15 @@ class PassReport:
 def run_forget_passes(
     ws: Workspace, data: IndexedDataset, *, ascent: bool, partial: bool, target_fa: float | None = None
 ) -> PassReport:
-    """``config.epochs`` passes over ``data`` (capped at ``config.max_steps`` steps) on ``ws.model``.
+    """``settings.epochs`` passes over ``data`` (capped at ``settings.max_steps``) on ``ws.model``.
 
     With ``target_fa``, FA on ``ws.split.forget`` is measured before every epoch and the
     passes stop once FA <= target_fa (one evaluation pass per epoch). Updates ``ws.cost``.
     """
-    config = ws.config
+    config = ws.settings
     shuffle, select = ws.generator("shuffle"), ws.generator("select")
     keep = config.select_ratio if partial else None
+    selector = config.selector if partial else "topk"
     budget = config.max_steps if config.max_steps is not None else math.inf
     steps, epochs, checks, fa, reached = 0, 0, 0, None, False
     ws.model.eval()
@@ -110,8 +180,9 @@ def run_forget_passes(
             step = gradient_step(
                 ws.model, batch.inputs, batch.labels, lr=config.lr, ascent=ascent, what=ws.name, step=steps
             )
-            apply_step(ws.model, step, keep_ratio=keep, selector=config.selector, generator=select)
+            apply_step(ws.model, step, keep_ratio=keep, selector=selector, generator=select)
             steps += 1
+            ws.cost.examples += len(batch.labels)
             if steps >= budget:
                 break
     if target_fa is not None and not reached:

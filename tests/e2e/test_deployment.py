@@ -22,13 +22,13 @@ import numpy as np
 import pytest
 import torch
 
+from deploy.local import LocalDeployment
+from deploy.processes import tagged_pids
+from deploy.run import DeletionPlan, RunOutcome, run_federation
 from fedunlearn.aggregation import state_digest
 from fedunlearn.config import FederationConfig
 from fedunlearn.data import build_federated_data
 from fedunlearn.deletion import ids_digest
-from fedunlearn.deploy.local import LocalDeployment
-from fedunlearn.deploy.processes import tagged_pids
-from fedunlearn.deploy.run import DeletionPlan, RunOutcome, run_federation
 from fedunlearn.history import HistoryStore
 from fedunlearn.metrics import accuracy
 from fedunlearn.node_cli import receipts

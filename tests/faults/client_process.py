@@ -20,12 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from flwr.common.config import unflatten_dict
 
 from fedunlearn import site_unlearning as su
 from fedunlearn.atomic import write_bytes_atomic
 from fedunlearn.config import FederationConfig
 from fedunlearn.deletion import DeletionReceipt, DeletionRequest
+from fedunlearn.run_config import config_from_sections
 from fedunlearn.site import ClientSite
+
+
+def config_of(run_config: dict[str, Any]) -> FederationConfig:
+    """The federation config of flat dotted run-config keys (as the ClientApp reads them)."""
+    return config_from_sections(unflatten_dict(dict(run_config)))
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> str:
@@ -52,7 +59,7 @@ def serve(
     """Process entry point: open the site and finish interrupted commits (``die_at_start``
     kills it in there), then answer commands until the pipe closes."""
     torch.set_num_threads(1)
-    config = FederationConfig.from_run_config(run_config)
+    config = config_of(run_config)
     _arm(die_at_start)
     site = ClientSite.open(config=config, partition_id=0, state_dir=state_dir, lineage="kill-test")
     su.resume_commits(site)
@@ -115,21 +122,32 @@ def _train(site: ClientSite, command: dict[str, Any], exchange: Path) -> dict[st
 def _forget(site: ClientSite, command: dict[str, Any], exchange: Path) -> dict[str, Any]:
     _weights(site, command)
     request = site.queue.get(command["request_id"])
-    result = su.fast_correction(site, load_tensors(command["global"]), request, outer_step=0, remain_fisher=None)
+    result = su.fast_correction(
+        site,
+        load_tensors(command["global"]),
+        request,
+        outer_step=0,
+        remain_fisher=None,
+        trained_rounds=frozenset(int(r) for r in command.get("trained_rounds", [])),
+    )
     return {"delta": save_tensors(exchange / f"delta-{request.request_id}.pt", result.correction.delta)}
 
 
 def _verify(site: ClientSite, command: dict[str, Any], exchange: Path) -> dict[str, Any]:
     request = site.queue.get(command["request_id"])
-    return {"metrics": su.verify(site, load_tensors(command["theta"]), request, seed=0)}
+    _, figures = su.verify(site, load_tensors(command["theta"]), request)
+    return {"metrics": figures}
 
 
 def _commit(site: ClientSite, command: dict[str, Any], exchange: Path) -> dict[str, Any]:
+    """Commit as asked (the campaign's server does not send the weights: its criterion is not
+    what the campaign tests); the server gets its copy of the receipt, as from the ClientApp."""
     request = site.queue.get(command["request_id"])
     if request.status == "served":  # a repeated commit changes nothing (as clients.unlearning.commit)
-        return {"receipt": site.queue.receipt(request.request_id).to_json()}
-    receipt, _ = su.commit(site, request, DeletionReceipt(**command["receipt"]))
-    return {"receipt": receipt.to_json()}
+        return {"receipt": site.queue.receipt(request.request_id).server_copy()}
+    result = su.commit(site, request, DeletionReceipt.from_json(command["receipt"]))
+    assert result.receipt is not None  # an unjudged commit always commits
+    return {"receipt": result.receipt.server_copy()}
 
 
 def _fail(site: ClientSite, command: dict[str, Any], exchange: Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ as Flower's runtime does. Every reply the server receives is recorded in ``recei
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import time
 import traceback
@@ -24,9 +25,12 @@ from uuid import uuid4
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.config import unflatten_dict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedunlearn.config import FederationConfig
+from fedunlearn.run_config import config_from_sections
+from fedunlearn.schedule import parse_schedule
 
 #: Flower's error code for an exception raised by a ClientApp.
 CLIENT_APP_RAISED_EXCEPTION = 2
@@ -72,15 +76,19 @@ class LocalGrid:
             return Message(Error(code=CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message)
 
 
-def node_contexts(num_nodes: int, *, plans: Mapping[int, str] | None = None) -> dict[int, Context]:
-    """One persistent Context per node (node id 100 + partition id), with optional fault plans."""
+def node_contexts(
+    num_nodes: int, *, plans: Mapping[int, str] | None = None, first_node_id: int = 100
+) -> dict[int, Context]:
+    """One persistent Context per node (node id ``first_node_id`` + partition id), with optional
+    fault plans; a resumed federation gets other node ids for the same partitions."""
     contexts = {}
     for pid in range(num_nodes):
+        node = first_node_id + pid
         node_config: dict[str, Any] = {"partition-id": pid, "num-partitions": num_nodes}
         if plans and pid in plans:
             node_config["fault-plan"] = plans[pid]
-        contexts[100 + pid] = Context(
-            run_id=RUN_ID, node_id=100 + pid, node_config=node_config, state=RecordDict(), run_config={}
+        contexts[node] = Context(
+            run_id=RUN_ID, node_id=node, node_config=node_config, state=RecordDict(), run_config={}
         )
     return contexts
 
@@ -96,16 +104,40 @@ def server_identity() -> Iterator[None]:
         TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved  # noqa: SLF001
 
 
-def run_in_process(config: FederationConfig, grid: LocalGrid) -> dict[str, Any]:
-    """Run the project's ServerApp against ``grid``; return the parsed results.json."""
+def config_of(flat: Mapping[str, Any]) -> FederationConfig:
+    """The config of flat dotted run-config keys (``train.rounds``), read as the ServerApp reads them."""
+    return config_from_sections(unflatten_dict(dict(flat)))
+
+
+def run_in_process(config: FederationConfig, grid: Any) -> dict[str, Any]:
+    """Run the project's ServerApp (``make_server_app(config=...)``, i.e. ``run_engine``)
+    against ``grid``; return the parsed results.json."""
     from server.server_app import make_server_app
 
-    app = make_server_app(overrides=config.to_run_config())
+    app = make_server_app(config=config)
     with server_identity():
         app(grid, Context(run_id=RUN_ID, node_id=1, node_config={}, state=RecordDict(), run_config={}))
-    assert config.out_dir is not None
-    results: dict[str, Any] = json.loads((Path(config.out_dir) / "results.json").read_text(encoding="utf-8"))
+    assert config.run.out_dir is not None
+    results: dict[str, Any] = json.loads((Path(config.run.out_dir) / "results.json").read_text(encoding="utf-8"))
     return results
+
+
+def resumed(config: FederationConfig, *, rounds: int, **run: Any) -> FederationConfig:
+    """The same federation continued from its checkpoint (``run.resume``) up to ``rounds``."""
+    return dataclasses.replace(
+        config,
+        run=dataclasses.replace(config.run, resume=True, **run),
+        train=dataclasses.replace(config.train, rounds=rounds),
+    )
+
+
+def file_scheduled(config: FederationConfig, schedule: str) -> list[str]:
+    """File the requests of ``schedule`` entries on the clients' disks under ``run.state-root``,
+    as each node's data officer would (``fedunlearn forget``); returns the request ids."""
+    from simulations.comparison import file_requests
+
+    entries = parse_schedule(schedule, num_clients=config.data.num_clients)
+    return file_requests(config, entries, state_root=Path(config.run.state_root))
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
@@ -145,7 +177,7 @@ def run_simulation_recorded(
 
     from server.server_app import make_server_app
 
-    inner = make_server_app(overrides=config.to_run_config())
+    inner = make_server_app(config=config)
     app = ServerApp()
 
     @app.main()
@@ -156,8 +188,8 @@ def run_simulation_recorded(
     run_simulation(
         server_app=app, client_app=_client_app(), num_supernodes=config.data.num_clients, backend_config=backend
     )  # type: ignore[arg-type]
-    assert config.out_dir is not None
-    path = Path(config.out_dir) / "results.json"
+    assert config.run.out_dir is not None
+    path = Path(config.run.out_dir) / "results.json"
     assert path.exists(), f"the simulation wrote no {path}; see the log"
     results: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return results

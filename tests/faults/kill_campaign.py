@@ -2,9 +2,10 @@
 receipts) and the data owner (files deletion requests), and SIGKILLs the client process at
 random moments, then audits the client's disk and starts a new client process.
 
-The server side follows ``server.unlearning_phase``: the global model is replaced only after
-verification; a request whose commit reply is missing stays in ``awaiting`` and its commit is
-re-sent until the client confirms; a round whose reply never came gets weight 0.
+The server side follows ``server.phase``: the global model is replaced (write-ahead) before
+the commit; a request whose commit reply is missing stays in ``awaiting`` and its commit is
+re-sent until the client confirms; a round whose reply never came gets weight 0, and the
+forgetting client is told which rounds its update entered the model (``trained_rounds``).
 """
 
 from __future__ import annotations
@@ -25,12 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from faults.client_process import load_tensors, save_tensors, serve
+from faults.client_process import config_of, load_tensors, save_tensors, serve
 from faults.kill_campaign_config import CLIENT_CONFIG
 from fedunlearn.aggregation import add_scaled, state_digest
-from fedunlearn.config import FederationConfig
 from fedunlearn.data import build_federated_data
-from fedunlearn.deletion import DeletionQueue, DeletionReceipt, DeletionRequest, ids_digest
+from fedunlearn.deletion import DeletionQueue, DeletionReceipt, DeletionRequest
 from fedunlearn.errors import FedUnlearnError
 from fedunlearn.history import HistoryStore
 from fedunlearn.models import build_model
@@ -138,12 +138,12 @@ class KillCampaign:
         self.exchange.mkdir(parents=True, exist_ok=True)
         self.run_config = {
             **CLIENT_CONFIG,
-            "data-root": str(root / "no-data"),
-            "seed": seed,
-            "out-dir": str(root / "server"),
-            "state-root": str(root / "state"),
+            "data.root": str(root / "no-data"),
+            "run.seed": seed,
+            "run.out-dir": str(root / "server"),
+            "run.state-root": str(root / "state"),
         }
-        self.config = FederationConfig.from_run_config(self.run_config)
+        self.config = config_of(self.run_config)
         data = build_federated_data(self.config.data, seed=seed)
         self.all_ids = data.client_train(0).ids()
         self.labels = data.client_train(0).labels.numpy()
@@ -241,7 +241,7 @@ class KillCampaign:
             if request.status == "served":
                 try:
                     ids = queue.committed_ids(request.request_id)
-                    matches = ids is not None and ids_digest(ids) == queue.receipt(request.request_id).ids_sha256
+                    matches = ids is not None and queue.ids_match_receipt(request.request_id, ids)
                 except (FedUnlearnError, ValueError, OSError) as err:
                     self.figures.unexpected_errors.append(f"audit: {err}")
                     matches = False
@@ -327,7 +327,15 @@ class KillCampaign:
     def _phase(self, request_id: str, killable: bool) -> bool:
         """One unlearning phase; False if the client died (stop serving this round)."""
         path = save_tensors(self.root / "server-global.pt", self.global_state)
-        reply = self.call("forget", killable=killable, request_id=request_id, weights=self.weights, **{"global": path})
+        trained = sorted(r for r, w in self.weights.items() if w > 0)
+        reply = self.call(
+            "forget",
+            killable=killable,
+            request_id=request_id,
+            weights=self.weights,
+            trained_rounds=trained,
+            **{"global": path},
+        )
         if reply is None or not reply["ok"]:
             return self._report(reply, request_id, killable)
         theta = add_scaled(self.global_state, load_tensors(reply["delta"]))
@@ -339,7 +347,7 @@ class KillCampaign:
             request_id=request_id,
             kind="",
             num_samples=0,
-            ids_sha256="",
+            ids_hmac="",
             model_digest_before=state_digest(self.global_state),
             model_digest_after=state_digest(theta),
             server_round=self.round,

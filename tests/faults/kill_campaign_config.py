@@ -1,15 +1,16 @@
-"""The kill test's client configuration (shared by the campaign and the forkserver warm-up)."""
+"""The kill test's client configuration (shared by the campaign and the forkserver warm-up):
+flat dotted run-config keys, as Flower's run config holds them."""
 
 CLIENT_CONFIG = {
-    "dataset": "digits",
-    "model": "mlp",
-    "num-clients": 1,
-    "samples-per-client": 240,
-    "test-samples": 100,
-    "batch-size": 24,
-    "lr": 0.05,
-    "keep-ratio": 0.1,
-    "client-threads": 1,
-    "unlearn-method": "partial_amnesiac",
-    "num-server-rounds": 1,
+    "data.dataset": "digits",
+    "train.model": "mlp",
+    "data.num-clients": 1,
+    "data.samples-per-client": 240,
+    "data.test-samples": 100,
+    "train.batch-size": 24,
+    "train.lr": 0.05,
+    "history.keep-ratio": 0.1,
+    "train.threads": 1,
+    "unlearn.method": "partial_amnesiac",
+    "train.rounds": 1,
 }

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from flwr.common.config import unflatten_dict
 from helpers.receipts import sample_receipt
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -32,15 +33,28 @@ from torch import nn
 
 from faults.harness import tree_bytes
 from fedunlearn import deletion
-from fedunlearn.config import FederationConfig, HistoryConfig, TrainConfig, _run_config_keys
+from fedunlearn.config import (
+    CORRUPTION_KINDS,
+    PARTITION_KINDS,
+    SELECTOR_NAMES,
+    VALUE_DTYPES,
+    HistoryConfig,
+    TrainConfig,
+    UnlearnConfig,
+)
+from fedunlearn.config.keys import section_keys
 from fedunlearn.data import IndexedDataset
-from fedunlearn.deletion import DeletionQueue, DeletionReceipt, DeletionRequest, ids_digest
+from fedunlearn.deletion import DeletionQueue, DeletionReceipt, DeletionRequest
 from fedunlearn.errors import ConfigError, DeletionRequestError, FedUnlearnError
 from fedunlearn.history import HistoryStore
 from fedunlearn.node_cli import forget as forget_cli
+from fedunlearn.receipts import ids_hmac
+from fedunlearn.run_config import SECTIONS, config_from_sections
+from fedunlearn.schedule import parse_schedule
 from fedunlearn.site import ClientSite
 from fedunlearn.site_unlearning import fast_correction, resolve_request
 from fedunlearn.training import train_local
+from fedunlearn.unlearning import available_methods, get_method
 
 pytestmark = pytest.mark.faults
 
@@ -183,7 +197,8 @@ def test_an_endless_id_stream_is_refused_at_the_real_limit() -> None:
 def test_duplicate_ids_are_merged_and_hashed_like_the_unique_ids(ids: list[int]) -> None:
     request = DeletionRequest.new(kind="sample", sample_ids=ids)
     assert list(request.sample_ids) == sorted(set(ids))
-    assert ids_digest(ids) == ids_digest(sorted(set(ids)))
+    key = bytes(range(32))
+    assert ids_hmac(ids, secret=key) == ids_hmac(sorted(set(ids)), secret=key)
 
 
 FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
@@ -264,18 +279,20 @@ def test_the_queue_refuses_unsafe_request_ids_and_writes_nothing(request_id: str
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory: pytest.TempPathFactory) -> tuple[ClientSite, ClientSite]:
     root = tmp_path_factory.mktemp("sites")
-    config = FederationConfig.from_run_config(
-        {
-            "dataset": "digits",
-            "model": "mlp",
-            "num-clients": 2,
-            "samples-per-client": 100,
-            "test-samples": 50,
-            "state-root": str(root),
-            "data-root": str(root / "no-data"),
-            "batch-size": 20,
-            "client-threads": 1,
-        }
+    config = config_from_sections(
+        unflatten_dict(
+            {
+                "data.dataset": "digits",
+                "train.model": "mlp",
+                "data.num-clients": 2,
+                "data.samples-per-client": 100,
+                "data.test-samples": 50,
+                "run.state-root": str(root),
+                "data.root": str(root / "no-data"),
+                "train.batch-size": 20,
+                "train.threads": 1,
+            }
+        )
     )
     opened = [
         ClientSite.open(config=config, partition_id=p, state_dir=root / f"client-{p}", lineage="run") for p in (0, 1)
@@ -285,7 +302,7 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> tuple[ClientSite, ClientS
     site.record_round_weights([1], [0.5])
     served = DeletionRequest.new(kind="sample", sample_ids=site.dataset.ids()[:3].tolist(), request_id="served")
     site.queue.submit(served)
-    receipt = DeletionReceipt("served", "sample", 3, ids_digest(served.sample_ids), "a", "b", 1, "partial_amnesiac")
+    receipt = DeletionReceipt("served", "sample", 3, "", "a", "b", 1, "partial_amnesiac")  # ids_hmac set on commit
     site.queue.mark_served("served", resolved_ids=np.asarray(served.sample_ids), receipt=receipt)
     site.train_round(outcome.state, server_round=2)
     return opened[0], opened[1]
@@ -366,130 +383,148 @@ def _copy(folder: Path) -> Iterator[Path]:
 
 
 # ======================================================================= run configs
-KEYS = _run_config_keys(FederationConfig)
-#: Run-config keys -> values outside their documented range (fedunlearn/config.py).
-OUT_OF_RANGE: dict[str, st.SearchStrategy[Any]] = {
-    **{
-        k: st.integers(max_value=0)
-        for k in (
-            "num-server-rounds",
-            "num-clients",
-            "classes-per-client",
-            "samples-per-client",
-            "test-samples",
-            "local-epochs",
-            "batch-size",
-            "unlearn-epochs",
-            "unlearn-max-steps",
-            "unlearn-batch-size",
-            "sfr-iters",
-            "sfr-forget-freq",
-            "unlearn-outer-steps",
-        )
-    },
-    **{
-        k: st.integers(max_value=-1)
-        for k in (
-            "client-threads",
-            "phase-retries",
-            "unlearn-finetune-epochs",
-            "unlearn-remain-steps",
-            "backdoor-target",
-        )
-    },
-    **{
-        k: st.one_of(st.floats(max_value=0.0), st.just(math.nan), st.just(math.inf))
-        for k in (
-            "round-timeout",
-            "dirichlet-alpha",
-            "lr",
-            "unlearn-lr",
-            "sfr-lr",
-            "sfr-temperature",
-            "sfr-clip-norm",
-            "sfr-saliency-gamma",
-            "unlearn-apply-scale",
-        )
-    },
-    **{
-        k: st.one_of(st.floats(max_value=-1e-9), st.just(math.nan), st.just(math.inf))
-        for k in ("weight-decay", "sfr-forget-scale", "sfr-weight-decay")
-    },
-    **{
-        k: st.one_of(st.floats(max_value=0.0), st.floats(min_value=1.0 + 1e-9), st.just(math.nan))
-        for k in ("fraction-train", "keep-ratio", "unlearn-select-ratio", "unlearn-alpha", "backdoor-fraction")
-    },
-    **{
-        k: st.one_of(st.floats(max_value=-1e-9), st.floats(min_value=1.0 + 1e-9), st.just(math.nan))
-        for k in (
-            "fraction-evaluate",
-            "momentum",
-            "sfr-momentum",
-            "unlearn-remain-fraction",
-            "unlearn-max-ta-drop",
-            "unlearn-target-fa",
-        )
-    },
-    **{
-        k: st.text(max_size=6).filter(lambda t, k=k: t not in _allowed(k))
-        for k in ("partition", "history-selector", "history-dtype", "unlearn-selector")
-    },
-    "device": st.text(max_size=6).filter(lambda t: t not in ("auto", "cpu") and not t.startswith("cuda")),
-    "backdoor-trigger-size": st.one_of(st.integers(max_value=0), st.integers(min_value=15)),
-    "backdoor-client": st.one_of(st.integers(max_value=-1), st.integers(min_value=5, max_value=10**6)),
-    "deletion-schedule": st.text(alphabet="0123456789:;abcsmplet.-", min_size=1, max_size=12).filter(
-        lambda t: _schedule_is_bad(t)
-    ),
-    "dataset": st.just(""),
-    "model": st.just(""),
-    "unlearn-method": st.just(""),
+def _all_keys() -> dict[str, tuple[str, Any]]:
+    """Every run-config key (``section.key`` and ``unlearn.<method>.key``) -> (field name, type)."""
+    keys: dict[str, tuple[str, Any]] = {}
+    for name, section_type in {**SECTIONS, "unlearn": UnlearnConfig}.items():
+        keys.update({f"{name}.{k}": v for k, v in section_keys(section_type).items()})
+    for method in available_methods():
+        settings_type = get_method(method).settings_type
+        keys.update({f"unlearn.{method}.{k}": v for k, v in section_keys(settings_type).items()})
+    return keys
+
+
+KEYS = _all_keys()
+POSITIVE_INTS = {
+    "data.num-clients",
+    "data.classes-per-client",
+    "data.samples-per-client",
+    "data.test-samples",
+    "train.local-epochs",
+    "train.batch-size",
 }
+NON_NEGATIVE_INTS = {
+    "train.rounds",
+    "train.threads",
+    "run.retries",
+    "experiment.trigger-target",
+    "data.exclusive-class",
+}
+POSITIVE_FLOATS = {"run.round-timeout", "data.dirichlet-alpha", "train.lr", "unlearn.apply-scale"}
+NON_NEGATIVE_FLOATS = {"train.weight-decay"}
+UNIT_OPEN = {
+    "train.fraction",
+    "history.keep-ratio",
+    "unlearn.alpha",
+    "unlearn.remain-fraction",
+    "experiment.corrupt-fraction",
+}
+UNIT_CLOSED = {
+    "train.fraction-evaluate",
+    "train.momentum",
+    "unlearn.max-ta-drop",
+    "unlearn.sample-margin",
+    "unlearn.mia-margin",
+    "unlearn.class-target-fa",
+    "unlearn.asr-target",
+}
+#: The same rules for the keys of every method's settings (``unlearn.<method>.<key>``).
+METHOD_POSITIVE_INTS = {"outer-steps", "epochs", "max-steps", "batch-size", "iters", "forget-freq", "interval"}
+METHOD_NON_NEGATIVE_INTS = {"remain-steps", "finetune-epochs"}
+METHOD_POSITIVE_FLOATS = {"lr", "temperature", "clip-norm", "saliency-gamma"}
+METHOD_NON_NEGATIVE_FLOATS = {"forget-scale", "weight-decay"}
+METHOD_UNIT_OPEN = {"select-ratio", "calibration-ratio"}
+METHOD_UNIT_CLOSED = {"momentum", "target-fa"}
+ENUMS = {
+    "data.partition": PARTITION_KINDS,
+    "history.selector": SELECTOR_NAMES,
+    "history.dtype": VALUE_DTYPES,
+    "experiment.corrupt-kind": CORRUPTION_KINDS,
+}
+#: Keys no range applies to (paths, flags, the seed; the schedule is checked by the simulation
+#: driver's preflight and parse_schedule, the saliency rule when SFR-on builds its mask).
+UNCHECKED = {
+    "run.seed",
+    "run.out-dir",
+    "run.resume",
+    "data.root",
+    "data.download",
+    "history.record",
+    "history.record-full",
+    "history.server-log",
+    "unlearn.adaptive",
+    "unlearn.parallel-slow",
+    "experiment.deletion-schedule",
+    "unlearn.sfr_on.saliency",
+}
+
+
+def _bad_values(key: str) -> st.SearchStrategy[Any] | None:
+    """Values outside the documented range of ``key`` (None: no range applies)."""
+    method_key = key.split(".", 2)[2] if key.startswith("unlearn.") and key.count(".") == 2 else None
+    outside_open = st.one_of(st.floats(max_value=0.0), st.floats(min_value=1.0 + 1e-9), st.just(math.nan))
+    outside_closed = st.one_of(st.floats(max_value=-1e-9), st.floats(min_value=1.0 + 1e-9), st.just(math.nan))
+    rules: list[tuple[set[str], set[str], st.SearchStrategy[Any]]] = [
+        (POSITIVE_INTS, METHOD_POSITIVE_INTS, st.integers(max_value=0)),
+        (NON_NEGATIVE_INTS, METHOD_NON_NEGATIVE_INTS, st.integers(max_value=-1)),
+        (
+            POSITIVE_FLOATS,
+            METHOD_POSITIVE_FLOATS,
+            st.one_of(st.floats(max_value=0.0), st.just(math.nan), st.just(math.inf)),
+        ),
+        (
+            NON_NEGATIVE_FLOATS,
+            METHOD_NON_NEGATIVE_FLOATS,
+            st.one_of(st.floats(max_value=-1e-9), st.just(math.nan), st.just(math.inf)),
+        ),
+        (UNIT_OPEN, METHOD_UNIT_OPEN, outside_open),
+        (UNIT_CLOSED, METHOD_UNIT_CLOSED, outside_closed),
+        (set(), {"selector"}, st.text(max_size=6).filter(lambda t: t.strip() not in SELECTOR_NAMES)),
+    ]
+    for section_keys_, method_keys, strategy in rules:
+        if key in section_keys_ or method_key in method_keys:
+            return strategy
+    if key in ENUMS:
+        return st.text(max_size=6).filter(lambda t: t.strip() not in ENUMS[key])
+    return {
+        "train.device": st.text(max_size=6).filter(lambda t: t not in ("auto", "cpu") and not t.startswith("cuda")),
+        "experiment.trigger-size": st.one_of(st.integers(max_value=0), st.integers(min_value=15)),
+        "experiment.corrupt-client": st.one_of(st.integers(max_value=-1), st.integers(min_value=5, max_value=10**6)),
+        "data.exclusive-client": st.one_of(st.integers(max_value=-1), st.integers(min_value=5, max_value=10**6)),
+        "run.state-root": st.just(""),
+        "data.dataset": st.just(""),
+        "train.model": st.just(""),
+        "unlearn.method": st.one_of(st.just(""), st.text(alphabet="xyz", min_size=1, max_size=6)),
+    }.get(key)
+
+
+OUT_OF_RANGE: dict[str, st.SearchStrategy[Any]] = {k: s for k in KEYS if (s := _bad_values(k)) is not None}
 WRONG_TYPE = st.one_of(
     st.lists(st.integers(), min_size=1, max_size=2),
-    st.dictionaries(st.text(max_size=2), st.integers(), min_size=1, max_size=1),
+    st.dictionaries(st.text(alphabet="ab", min_size=1, max_size=2), st.integers(), min_size=1, max_size=1),
 )
 NUMERIC_KEYS = sorted(k for k, (_, hint) in KEYS.items() if hint in (int, float, bool, int | None, float | None))
-
-
-def _allowed(key: str) -> tuple[str, ...]:
-    from fedunlearn import config
-
-    return {
-        "partition": config.PARTITION_KINDS,
-        "history-selector": config.SELECTOR_NAMES,
-        "unlearn-selector": config.SELECTOR_NAMES,
-        "history-dtype": config.VALUE_DTYPES,
-    }.get(key, ("auto", "cpu"))
+BAD_SCHEDULE = st.text(alphabet="0123456789:;abcsmplet.-", min_size=1, max_size=12).filter(
+    lambda t: _schedule_is_bad(t)
+)
 
 
 def _schedule_is_bad(text: str) -> bool:
     try:
-        FederationConfig.from_run_config({"deletion-schedule": text, "num-server-rounds": 10**6})
+        parse_schedule(text, num_clients=5)
     except ConfigError:
         return True
     return False
 
 
 def _names(key: str) -> tuple[str, ...]:
-    path, _ = KEYS[key]
-    field = path[-1]
+    field, _ = KEYS[key]
     return key, field, field.replace("_", " ")
 
 
 def test_every_validated_run_config_key_has_bad_values() -> None:
-    # unvalidated names (registries check them when used): data-root, state-root, out-dir, sfr-saliency
-    unchecked = {
-        "data-root",
-        "state-root",
-        "out-dir",
-        "sfr-saliency",
-        "seed",
-        "download",
-        "record-history",
-        "history-record-full",
-        "retrain-mode",
-    }
-    assert set(KEYS) - set(OUT_OF_RANGE) == unchecked
+    assert set(KEYS) - set(OUT_OF_RANGE) == UNCHECKED
+    assert all(KEYS[k][1] in (bool, str, str | None, int) for k in UNCHECKED)
 
 
 @settings(max_examples=150, deadline=None)
@@ -499,7 +534,7 @@ def test_out_of_range_run_config_values_are_refused_naming_the_key(data: st.Data
     value = data.draw(OUT_OF_RANGE[key])
     expect_clear_error(
         f"run config: out of range {key}",
-        lambda: FederationConfig.from_run_config({key: value}),
+        lambda: config_from_sections(unflatten_dict({key: value})),
         ConfigError,
         *_names(key),
     )
@@ -512,7 +547,7 @@ def test_wrongly_typed_run_config_values_are_refused_naming_the_key(data: st.Dat
     value = data.draw(st.one_of(WRONG_TYPE, st.text(alphabet="abcxyz", min_size=1, max_size=5)))
     expect_clear_error(
         f"run config: wrong type {key}",
-        lambda: FederationConfig.from_run_config({key: value}),
+        lambda: config_from_sections(unflatten_dict({key: value})),
         ConfigError,
         *_names(key),
     )
@@ -522,14 +557,62 @@ def test_wrongly_typed_run_config_values_are_refused_naming_the_key(data: st.Dat
 @given(data=st.data())
 def test_several_bad_values_are_all_named_in_one_error(data: st.DataObject) -> None:
     keys = data.draw(st.lists(st.sampled_from(sorted(OUT_OF_RANGE)), min_size=2, max_size=4, unique=True))
-    assume("backdoor-client" not in keys or "num-clients" not in keys)
+    assume("experiment.corrupt-client" not in keys or "data.num-clients" not in keys)
     unknown = data.draw(st.text(alphabet="qwz-", min_size=3, max_size=8).filter(lambda k: k not in KEYS))
     values = {k: data.draw(OUT_OF_RANGE[k]) for k in keys} | {unknown: 1}
     error = expect_clear_error(
-        "run config: several bad values", lambda: FederationConfig.from_run_config(values), ConfigError, unknown
+        "run config: several bad values",
+        lambda: config_from_sections(unflatten_dict(values)),
+        ConfigError,
+        unknown,
     )
     for key in keys:
         assert any(n in str(error) for n in _names(key)), (key, str(error))
+
+
+def test_a_cross_section_problem_is_named_with_the_others() -> None:
+    # experiment.corrupt-client is checked against data.num-clients (default 5) across sections
+    values = {"experiment.corrupt-client": 7, "train.lr": -1.0}
+
+    error = expect_clear_error(
+        "run config: cross-section and section problems",
+        lambda: config_from_sections(unflatten_dict(values)),
+        ConfigError,
+        "train.lr",
+    )
+
+    assert "experiment.corrupt-client" in str(error), str(error)
+
+
+def test_an_unknown_method_is_named_with_the_other_problems_of_its_section() -> None:
+    values = {"unlearn.method": "amnesia", "unlearn.apply-scale": -1.0}
+
+    error = expect_clear_error(
+        "run config: unknown method and a bad unlearn value",
+        lambda: config_from_sections(unflatten_dict(values)),
+        ConfigError,
+        "unlearn.apply-scale",
+    )
+
+    assert "amnesia" in str(error), str(error)
+
+
+@settings(max_examples=60, deadline=None)
+@given(text=BAD_SCHEDULE)
+def test_bad_deletion_schedules_are_refused_naming_the_entry(text: str) -> None:
+    expect_clear_error(
+        "run config: bad deletion schedule",
+        lambda: parse_schedule(text, num_clients=5),
+        ConfigError,
+        "deletion-schedule",
+    )
+
+
+@pytest.mark.parametrize(("old", "new"), [("unlearn-method", "unlearn.method"), ("num-server-rounds", "train.rounds")])
+def test_an_old_flat_key_is_refused_naming_its_new_key(old: str, new: str) -> None:
+    expect_clear_error(
+        "run config: old flat key", lambda: config_from_sections(unflatten_dict({old: 1})), ConfigError, new
+    )
 
 
 # ======================================================================= damaged files

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord
 
-from faults.harness import LocalGrid, node_contexts, server_identity, tree_bytes
+from faults.harness import LocalGrid, config_of, node_contexts, server_identity, tree_bytes
 from fedunlearn import faults, protocol
-from fedunlearn.config import FederationConfig
 from fedunlearn.errors import ConfigError, FedUnlearnError
 from fedunlearn.models import build_model
+from fedunlearn.run_config import config_to_flat
 from server.strategy import UnlearningFedAvg
 
 pytestmark = pytest.mark.faults
@@ -93,17 +93,19 @@ def test_a_node_with_a_plan_but_no_token_answers_every_message_with_the_cause(
 ) -> None:
     # Prepare: a fault plan left in a node config, fault injection not enabled
     monkeypatch.delenv(faults.ENABLE_ENV, raising=False)
-    config = FederationConfig.from_run_config(
+    config = config_of(
         {
-            "dataset": "digits",
-            "model": "mlp",
-            "num-clients": 1,
-            "samples-per-client": 40,
-            "state-root": str(tmp_path / "state"),
+            "data.dataset": "digits",
+            "train.model": "mlp",
+            "data.num-clients": 1,
+            "data.samples-per-client": 40,
+            "run.state-root": str(tmp_path / "state"),
         }
     )
     strategy = UnlearningFedAvg(
-        config, reference=ArrayRecord(build_model("mlp", input_shape=(1, 28, 28), num_classes=10).state_dict())
+        config,
+        reference=ArrayRecord(build_model("mlp", input_shape=(1, 28, 28), num_classes=10).state_dict()),
+        flat_config=config_to_flat(config),
     )
     from clients.client_app import app
 

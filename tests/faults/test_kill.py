@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from faults.kill_campaign import Figures, KillCampaign
-from fedunlearn.deletion import DeletionQueue, ids_digest
+from fedunlearn.deletion import DeletionQueue
 from fedunlearn.history import HistoryStore
 
 pytestmark = pytest.mark.faults
@@ -58,8 +58,9 @@ def _assert_durable(campaign: KillCampaign, figures: Figures, kills: int) -> Non
     for request in requests:
         receipt = queue.receipt(request.request_id)
         ids = queue.committed_ids(request.request_id)
-        assert ids is not None and receipt.ids_sha256 == ids_digest(ids)
-        assert campaign.server_receipts[request.request_id]["ids_sha256"] == receipt.ids_sha256
+        assert ids is not None and queue.ids_match_receipt(request.request_id, ids)
+        assert campaign.server_receipts[request.request_id]["ids_hmac"] == receipt.ids_hmac
+        assert "num_samples" not in campaign.server_receipts[request.request_id]  # the server's copy
     # Assert: the forgotten samples are in no stored step (each purged exactly once, never re-trained)
     store = HistoryStore.for_model(
         campaign.state_dir / "history" / "kill-test", model=campaign._model(), config=campaign.config.history

@@ -15,8 +15,16 @@ from torch import nn
 
 from faults.harness import server_identity
 from fedunlearn import protocol
-from fedunlearn.config import FederationConfig
-from server.replies import EXPECT_COMMIT, EXPECT_FISHER, EXPECT_FORGET, EXPECT_REMAIN, Expect, reply_problem
+from fedunlearn.config import DataConfig, FederationConfig
+from server.replies import (
+    EXPECT_COMMIT,
+    EXPECT_FISHER,
+    EXPECT_FORGET,
+    EXPECT_REMAIN,
+    EXPECT_VERIFY,
+    Expect,
+    reply_problem,
+)
 from server.strategy import UnlearningFedAvg
 
 pytestmark = pytest.mark.faults
@@ -51,14 +59,19 @@ def reply(
     return Message(content, reply_to=instruction)
 
 
-FORGET_METRICS = {protocol.FA_BEFORE: 0.9, protocol.NUM_RETAINED: 10}
+FORGET_METRICS = {protocol.PASSED: 0, f"{protocol.CHECK_PREFIX}{protocol.FA}": 0.9, protocol.NUM_RETAINED: 1}
 
 
 def test_well_formed_replies_pass() -> None:
     assert reply_problem(reply(FLOATS, FORGET_METRICS), SERVER, EXPECT_FORGET) is None  # type: ignore[arg-type]
     assert reply_problem(reply(FLOATS, {protocol.NUM_EXAMPLES: 0}), SERVER, EXPECT_REMAIN) is None  # type: ignore[arg-type]
     assert reply_problem(reply(PARAMS, {protocol.NUM_EXAMPLES: 5}), SERVER, EXPECT_FISHER) is None  # type: ignore[arg-type]
-    assert reply_problem(reply(None, {protocol.PURGED_STEPS: 3}, "{}"), SERVER, EXPECT_COMMIT) is None  # type: ignore[arg-type]
+    committed = {protocol.VERIFIED: 1, protocol.PURGED_STEPS: 3}
+    assert reply_problem(reply(None, committed, "{}"), SERVER, EXPECT_COMMIT) is None  # type: ignore[arg-type]
+    refused = {protocol.VERIFIED: 0, f"{protocol.CHECK_PREFIX}{protocol.FA}": 0.9}  # no receipt: nothing committed
+    assert reply_problem(reply(None, refused), SERVER, EXPECT_COMMIT) is None  # type: ignore[arg-type]
+    verdict = {protocol.PASSED: 1, protocol.FA: 0.1, protocol.RA: 0.9}
+    assert reply_problem(reply(None, verdict), SERVER, EXPECT_VERIFY) is None  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -81,13 +94,16 @@ def test_well_formed_replies_pass() -> None:
             EXPECT_FORGET,
             "NaN or Inf",
         ),
-        (lambda: reply(FLOATS, {protocol.FA_BEFORE: 0.9}), EXPECT_FORGET, "['num-retained'] missing"),
-        (lambda: reply(FLOATS, {**FORGET_METRICS, protocol.FA_BEFORE: math.nan}), EXPECT_FORGET, "finite numbers"),
+        (lambda: reply(FLOATS, {protocol.PASSED: 0}), EXPECT_FORGET, "['num-retained'] missing"),
+        (lambda: reply(FLOATS, {protocol.NUM_RETAINED: 1}), EXPECT_FORGET, "['passed'] missing"),
+        (lambda: reply(FLOATS, {**FORGET_METRICS, "check-FA": math.nan}), EXPECT_FORGET, "finite numbers"),
         (lambda: reply(FLOATS, {**FORGET_METRICS, "x": [1, 2, 3]}), EXPECT_FORGET, "finite numbers"),
         (lambda: reply(FLOATS, {protocol.NUM_EXAMPLES: 4}), EXPECT_FISHER, "unexpected entries: norm.running_mean"),
-        (lambda: reply(None, {}, "not json"), EXPECT_COMMIT, "no readable 'receipt' record"),
-        (lambda: reply(None, {}, "[1, 2]"), EXPECT_COMMIT, "no readable 'receipt' record"),
-        (lambda: reply(None, {}), EXPECT_COMMIT, "no readable 'receipt' record"),
+        (lambda: reply(None, {protocol.VERIFIED: 1}, "not json"), EXPECT_COMMIT, "no readable 'receipt' record"),
+        (lambda: reply(None, {protocol.VERIFIED: 1}, "[1, 2]"), EXPECT_COMMIT, "no readable 'receipt' record"),
+        (lambda: reply(None, {protocol.VERIFIED: 1}), EXPECT_COMMIT, "no readable 'receipt' record"),
+        (lambda: reply(None, {}, "{}"), EXPECT_COMMIT, "['verified'] missing"),
+        (lambda: reply(None, {protocol.FA: 0.1}), EXPECT_VERIFY, "['passed'] missing"),
         (lambda: reply({"evil": torch.zeros(2)}), Expect(), "unexpected entries: evil"),
     ],
 )
@@ -105,7 +121,7 @@ def test_error_replies_name_the_first_line_of_the_reason() -> None:
 
 # ------------------------------------------------------------------ FedAvg rounds
 def _strategy() -> UnlearningFedAvg:
-    config = FederationConfig.from_run_config({"num-clients": 3})
+    config = FederationConfig(data=DataConfig(num_clients=3))
     strategy = UnlearningFedAvg(config, reference=ArrayRecord(STATE))
     strategy.partition_of = {101: 0, 102: 1, 103: 2}
     return strategy
@@ -135,7 +151,7 @@ def test_a_left_out_client_gets_weight_zero_for_the_round() -> None:
 
     # Assert: its stored deltas of round 4 must never be subtracted from the model
     assert arrays is not None
-    assert {n: w[4] for n, w in strategy.round_weights.items()} == {101: 1.0, 102: 0.0, 103: 0.0}
+    assert {p: w[4] for p, w in strategy.round_weights.items()} == {0: 1.0, 1: 0.0, 2: 0.0}  # by partition
     assert json.loads(json.dumps(dict(strategy.weights_record(102)))) == {"rounds": [4], "weights": [0.0]}
 
 

@@ -16,11 +16,12 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message
 
 from clients.client_app import app as client_app
-from faults.harness import LocalGrid, node_contexts, server_identity, tree_bytes
+from faults.harness import LocalGrid, config_of, node_contexts, server_identity, tree_bytes
 from fedunlearn import protocol
 from fedunlearn.config import FederationConfig
 from fedunlearn.deletion import DeletionQueue, DeletionRequest
 from fedunlearn.models import build_model
+from fedunlearn.run_config import config_to_flat
 from server.strategy import UnlearningFedAvg
 
 pytestmark = pytest.mark.faults
@@ -36,26 +37,28 @@ CLIENT_API = {
     "evaluate.verify",
     "query.commit",
 }
-BENCHMARK_ONLY = {"query.snapshot", "query.restore"}
+#: Actions that would let a server roll a node back to an old state (un-serving deletions).
+ROLLBACK_ACTIONS = {"query.snapshot", "query.restore"}
 
 
 @pytest.fixture
 def federation(tmp_path: Path) -> tuple[LocalGrid, UnlearningFedAvg, FederationConfig]:
-    config = FederationConfig.from_run_config(
+    config = config_of(
         {
-            "dataset": "digits",
-            "model": "mlp",
-            "num-clients": 2,
-            "samples-per-client": 80,
-            "test-samples": 40,
-            "state-root": str(tmp_path / "state"),
-            "out-dir": str(tmp_path),
-            "client-threads": 1,
-            "batch-size": 20,
+            "data.dataset": "digits",
+            "train.model": "mlp",
+            "data.num-clients": 2,
+            "data.samples-per-client": 80,
+            "data.test-samples": 40,
+            "run.state-root": str(tmp_path / "state"),
+            "run.out-dir": str(tmp_path),
+            "train.threads": 1,
+            "train.batch-size": 20,
         }
     )
     model = build_model("mlp", input_shape=(1, 28, 28), num_classes=10)
-    strategy = UnlearningFedAvg(config, reference=ArrayRecord(model.state_dict()))
+    strategy = UnlearningFedAvg(config, reference=ArrayRecord(model.state_dict()), flat_config=config_to_flat(config))
+    strategy.lineage = "run-security"
     strategy.partition_of = {100: 0, 101: 1}
     return LocalGrid(client_app, node_contexts(2)), strategy, config
 
@@ -82,12 +85,12 @@ def test_the_client_api_has_no_message_that_files_a_request() -> None:
     assert set(client_app._registered_funcs) == CLIENT_API  # noqa: SLF001
 
 
-def test_state_rollback_actions_exist_only_in_the_benchmark_client() -> None:
+def test_the_production_app_has_no_state_rollback_actions() -> None:
     # A production node must not let a server restore an old state (un-serving deletions).
     from clients.client_app import build_client_app
 
-    assert BENCHMARK_ONLY.isdisjoint(client_app._registered_funcs)  # noqa: SLF001
-    assert set(build_client_app(benchmark=True)._registered_funcs) == CLIENT_API | BENCHMARK_ONLY  # noqa: SLF001
+    assert ROLLBACK_ACTIONS.isdisjoint(client_app._registered_funcs)  # noqa: SLF001
+    assert ROLLBACK_ACTIONS.isdisjoint(build_client_app()._registered_funcs)  # noqa: SLF001
 
 
 @pytest.mark.parametrize("kind", [protocol.TRAIN_FORGET, protocol.EVALUATE_VERIFY, protocol.QUERY_COMMIT])
@@ -98,7 +101,7 @@ def test_a_request_id_the_client_does_not_hold_is_refused_and_nothing_changes(
     # Prepare: the node has joined (its site files exist) and holds one request of its own
     grid, strategy, config = federation
     send(grid, strategy, 100, protocol.QUERY_STATUS, {})
-    state_dir = Path(config.state_root) / "client-0"
+    state_dir = Path(config.run.state_root) / "client-0"
     DeletionQueue(state_dir).submit(DeletionRequest.new(kind="sample", sample_ids=[1, 2], request_id="own"))
     before = tree_bytes(state_dir)
 
@@ -128,8 +131,8 @@ def test_a_request_naming_another_clients_ids_is_refused_without_leaking_them(
     grid, strategy, config = federation
     send(grid, strategy, 100, protocol.QUERY_STATUS, {})
     send(grid, strategy, 101, protocol.QUERY_STATUS, {})
-    foreign = np.load(Path(config.state_root) / "client-1" / "sample_ids.npy")[:5].tolist()
-    state_dir = Path(config.state_root) / "client-0"
+    foreign = np.load(Path(config.run.state_root) / "client-1" / "sample_ids.npy")[:5].tolist()
+    state_dir = Path(config.run.state_root) / "client-0"
     DeletionQueue(state_dir).submit(DeletionRequest.new(kind="sample", sample_ids=foreign, request_id="wrong"))
     before = tree_bytes(state_dir)
 
@@ -150,7 +153,7 @@ def test_a_failure_report_only_records_the_reason_on_a_pending_request(
     # Prepare
     grid, strategy, config = federation
     send(grid, strategy, 100, protocol.QUERY_STATUS, {})
-    queue = DeletionQueue(Path(config.state_root) / "client-0")
+    queue = DeletionQueue(Path(config.run.state_root) / "client-0")
     original = queue.submit(DeletionRequest.new(kind="sample", sample_ids=[3], request_id="own"))
 
     # Execute
@@ -176,4 +179,48 @@ def test_a_failure_report_only_records_the_reason_on_a_pending_request(
         original.created_at,
     )
     status = send(grid, strategy, 100, protocol.QUERY_STATUS, {})
-    assert dict(status.content[protocol.STATUS]) == {protocol.PARTITION_ID: 0, protocol.REQUEST_IDS: ["own"]}
+    assert dict(status.content[protocol.STATUS]) == {
+        protocol.PARTITION_ID: 0,
+        protocol.NUM_PARTITIONS: 2,
+        protocol.REQUEST_IDS: ["own"],
+    }
+
+
+def test_a_client_error_reply_names_no_path_on_the_node(
+    federation: tuple[LocalGrid, UnlearningFedAvg, FederationConfig],
+    tmp_path: Path,
+) -> None:
+    # Prepare: a request of the node's own, but the node never recorded the history it needs
+    grid, strategy, config = federation
+    send(grid, strategy, 100, protocol.QUERY_STATUS, {})
+    state_dir = Path(config.run.state_root) / "client-0"
+    own = np.load(state_dir / "sample_ids.npy")[:2].tolist()
+    DeletionQueue(state_dir).submit(DeletionRequest.new(kind="sample", sample_ids=own, request_id="own"))
+
+    # Execute
+    reply = send(
+        grid,
+        strategy,
+        100,
+        protocol.TRAIN_FORGET,
+        {protocol.REQUEST_ID: "own", protocol.STEP: 0, protocol.TRAINED_ROUNDS: [1]},
+        arrays=True,
+    )
+
+    # Assert: the server learns what is wrong, not where the node keeps its files
+    reason = reply.error.reason or ""
+    assert reply.has_error() and reason.startswith("HistoryError: ")
+    assert "<path on the node>" in reason
+    assert str(tmp_path) not in reason and str(state_dir) not in reason and "Traceback" not in reason
+
+
+@pytest.mark.parametrize(
+    "path", ["/srv/hospital/state/client-0/history/run-1", "C:\\fedunlearn\\state\\client-0", "/var/lib/node/state/"]
+)
+def test_server_reason_replaces_absolute_paths(path: str) -> None:
+    from clients.common import server_reason
+    from fedunlearn.errors import HistoryError
+
+    reason = server_reason(HistoryError(f"no update history at {path}: the directory does not exist"))
+
+    assert reason == "HistoryError: no update history at <path on the node>: the directory does not exist"

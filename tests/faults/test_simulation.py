@@ -1,12 +1,15 @@
 """A real Flower simulation (Ray) with faults, whose every message is recorded.
 
-One run (3 clients, MNIST subsets, 3 rounds) serves a sample-level deletion of client 1
-and a class-level deletion of client 2, while the test fault plan (environment variables,
-see ``fedunlearn.faults``) makes client 1 fail its first two ``train.forget`` replies and
-lose the replies of its first real commit, and client 0 return NaN corrections twice.
-The server's Grid is wrapped so that every reply it receives is kept, and the tests check
-them against the allow-list of the protocol: model-shaped arrays, counts and metrics,
-request ids and receipts; never sample ids, history entries or tracebacks.
+Two runs of the project's ServerApp and ClientApp (3 clients, MNIST subsets split by class):
+round 1, then the data officers of client 1 (20 samples) and client 2 (a class only it holds)
+file deletion requests on their clients' disks, then the run resumes from its checkpoint up
+to round 3. The test fault plan (environment variables, see ``fedunlearn.faults``) makes
+client 1 crash on its first two ``train.forget`` and ``query.commit`` messages, and client 0
+return NaN corrections twice. The server's Grid is wrapped so that every reply it receives
+is kept, and the tests check them against the allow-list of the protocol: model-shaped
+arrays, counts and metrics, request ids and receipts; never sample ids, history entries or
+tracebacks. The sample criterion's margins are wide open (a sample request is served as soon
+as it is judged), so only the class request needs the label-flip steps.
 """
 
 from __future__ import annotations
@@ -18,45 +21,53 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from flwr.app import Message
 
-from faults.harness import run_simulation_recorded, unlearning_events
+from faults.harness import config_of, file_scheduled, resumed, run_simulation_recorded, unlearning_events
 from fedunlearn import faults, protocol
 from fedunlearn.config import FederationConfig
-from fedunlearn.deletion import DeletionQueue, DeletionReceipt, ids_digest
+from fedunlearn.deletion import DeletionQueue
 from fedunlearn.models import build_model
+from fedunlearn.receipts import RECEIPT_FIELDS, SERVER_HIDDEN_FIELDS
+from simulations.judge import client_site
 
 pytestmark = pytest.mark.faults
 
-SAMPLE_REQUEST, CLASS_REQUEST = "sched-r1-c1-sample-20p0", "sched-r2-c2-class-3"
-PLAN = "1=forget:error:2,commit:lost:2:1;0=remain:nan:2"
+SAMPLE_REQUEST = "sched-r1-c1-sample-20p0"
+PLAN = "1=forget:crash:2,commit:crash:2;0=remain:nan:2"
 MAX_INT_LIST = 5  # no list of more integers than this may reach the server
+CRITERION_FIGURES = {protocol.FA, protocol.MIA, "ASR", "holdout_accuracy"}
 METRIC_KEYS = {
     protocol.NUM_EXAMPLES,
     protocol.TRAIN_LOSS,
+    protocol.TRAIN_STEPS,
     protocol.PENDING_DELETIONS,
     protocol.HISTORY_BYTES,
     protocol.HISTORY_DENSE_BYTES,
     protocol.HISTORY_ROUND_BYTES,
     protocol.EVAL_LOSS,
     protocol.EVAL_ACCURACY,
+    protocol.PASSED,
     protocol.NUM_RETAINED,
-    protocol.FA_BEFORE,
+    protocol.CLASS_LEVEL,
     protocol.FORWARD_BACKWARD,
+    protocol.EXAMPLES,
     protocol.HISTORY_STEPS,
     protocol.SECONDS,
+    protocol.VERIFIED,
     protocol.PURGED_STEPS,
-    protocol.FA,
     protocol.RA,
-    protocol.MIA,
     protocol.ATTEMPTS,
+    *CRITERION_FIGURES,
+    *{f"{protocol.CHECK_PREFIX}{k}" for k in CRITERION_FIGURES},
 }
 CONFIG_KEYS = {
-    protocol.STATUS: {protocol.PARTITION_ID, protocol.REQUEST_IDS},
+    protocol.STATUS: {protocol.PARTITION_ID, protocol.NUM_PARTITIONS, protocol.REQUEST_IDS},
     protocol.RECEIPT: {protocol.RECEIPT_JSON},
 }
-RECEIPT_FIELDS = {f.name for f in dataclasses.fields(DeletionReceipt)}
+SERVER_RECEIPT_FIELDS = RECEIPT_FIELDS - SERVER_HIDDEN_FIELDS
 
 
 @dataclasses.dataclass
@@ -65,29 +76,42 @@ class Run:
     results: dict[str, Any]
     received: list[Message]
     sent: list[Message]
+    class_request: str
+
+
+def own_class(config: FederationConfig, partition: int) -> int:
+    """The class ``partition`` holds most samples of (split by class: no other client holds it)."""
+    labels = client_site(config, partition, Path(config.run.state_root)).dataset.labels.numpy()
+    values, counts = np.unique(labels, return_counts=True)
+    return int(values[np.argmax(counts)])
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Run:
     tmp = tmp_path_factory.mktemp("simulation")
-    config = FederationConfig.from_run_config(
+    config = config_of(
         {
-            "dataset": "mnist",
-            "data-root": str(data_root),
-            "model": "mlp",
-            "num-clients": 3,
-            "samples-per-client": 300,
-            "test-samples": 500,
-            "num-server-rounds": 3,
-            "batch-size": 32,
-            "lr": 0.1,
-            "client-threads": 1,
-            "deletion-schedule": "1:1:sample:20;2:2:class:3",
-            "phase-retries": 1,
-            "unlearn-outer-steps": 2,
-            "unlearn-remain-steps": 2,
-            "out-dir": str(tmp),
-            "state-root": str(tmp / "state"),
+            "data.dataset": "mnist",
+            "data.root": str(data_root),
+            "data.partition": "by_class",
+            "train.model": "mlp",
+            "data.num-clients": 3,
+            "data.samples-per-client": 300,
+            "data.test-samples": 500,
+            "train.rounds": 1,
+            "train.batch-size": 32,
+            "train.lr": 0.1,
+            "train.threads": 1,
+            "run.retries": 1,
+            "unlearn.method": "label_flip",
+            "unlearn.label_flip.lr": 0.1,
+            "unlearn.label_flip.outer-steps": 3,
+            "unlearn.label_flip.remain-steps": 2,
+            "unlearn.max-ta-drop": 0.25,
+            "unlearn.sample-margin": 1.0,
+            "unlearn.mia-margin": 0.5,
+            "run.out-dir": str(tmp),
+            "run.state-root": str(tmp / "state"),
         }
     )
     received: list[Message] = []
@@ -95,43 +119,50 @@ def run(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Run:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(faults.PLAN_ENV, PLAN)
         patch.setenv(faults.ENABLE_ENV, faults.ENABLE_TOKEN)
-        results = run_simulation_recorded(config, received=received, sent=sent)
-    return Run(config, results, received, sent)
+        run_simulation_recorded(config, received=received, sent=sent)
+        label = own_class(config, 2)
+        filed = file_scheduled(config, f"1:1:sample:20;1:2:class:{label}")
+        results = run_simulation_recorded(resumed(config, rounds=3), received=received, sent=sent)
+    assert filed == [SAMPLE_REQUEST, f"sched-r1-c2-class-{label}"]
+    return Run(config, results, received, sent, filed[1])
 
 
 def client_queue(run: Run, partition: int) -> DeletionQueue:
-    return DeletionQueue(Path(run.config.state_root) / f"client-{partition}")
+    return DeletionQueue(Path(run.config.run.state_root) / f"client-{partition}")
 
 
 # ------------------------------------------------------------------------- faults
 def test_faulty_phases_roll_back_and_every_request_is_served_later(run: Run) -> None:
     events = unlearning_events(run.results)
     assert [(e["round"], e["request_id"], e["status"]) for e in events] == [
-        (1, SAMPLE_REQUEST, "deferred"),  # client 1's corrections failed twice: phase rolled back
-        (2, SAMPLE_REQUEST, "unconfirmed"),  # applied after verification, both commit replies lost
-        (2, CLASS_REQUEST, "served"),
+        (1, SAMPLE_REQUEST, "deferred"),  # client 1 crashed twice in the fast step: the phase rolled back
+        (1, run.class_request, "deferred"),  # served in the same phase, so deferred with it
+        (2, SAMPLE_REQUEST, "unconfirmed"),  # applied, both commit messages crashed
+        (2, run.class_request, "served"),
         (3, SAMPLE_REQUEST, "served"),  # the commit re-sent and confirmed: not served a second time
     ]
-    deferred, unconfirmed, served_class, confirmed = events
-    assert deferred["model_before"] == deferred["model_after"] and "FaultInjected" in deferred["reason"]
+    deferred, _, unconfirmed, served_class, confirmed = events
+    assert deferred["model_before"] == deferred["model_after"] and "ClientAppException" in deferred["reason"]
+    assert deferred["transient"]
     assert unconfirmed["model_before"] != unconfirmed["model_after"]
     assert confirmed["reason"] == "confirmed late"
-    slow = {x["name"]: x["replied"] for x in unconfirmed["stats"]["exchanges"]}
-    assert slow["slow 1/2"] == 1 and slow["slow 2/2"] == 2  # client 0's NaN corrections left out twice
+    slow = next(x for x in served_class["stats"]["exchanges"] if x["name"].startswith("slow 1"))
+    assert (slow["nodes"], slow["replied"]) == (3, 2)  # client 0's NaN corrections left out twice
     assert run.results["summary"]["pending_requests"] == {} and run.results["summary"]["unconfirmed_requests"] == []
 
 
 def test_receipts_match_on_client_and_server(run: Run) -> None:
-    for partition, request_id in ((1, SAMPLE_REQUEST), (2, CLASS_REQUEST)):
+    out = Path(run.config.run.out_dir or "")
+    for partition, request_id in ((1, SAMPLE_REQUEST), (2, run.class_request)):
         queue = client_queue(run, partition)
         request = queue.get(request_id)
         assert request.status == "served"
-        client_receipt = queue.receipt(request_id).to_json()
-        server_receipt = json.loads((Path(run.config.out_dir or "") / "receipts" / f"{request_id}.json").read_text())
-        assert client_receipt == server_receipt
+        server_receipt = json.loads((out / "receipts" / f"{request_id}.json").read_text())
+        assert server_receipt == queue.receipt(request_id).server_copy()
+        assert set(server_receipt) == SERVER_RECEIPT_FIELDS and "num_samples" not in server_receipt
         ids = queue.committed_ids(request_id)
-        assert ids is not None and server_receipt["ids_sha256"] == ids_digest(ids)
-    assert client_queue(run, 1).get(SAMPLE_REQUEST).attempts == 1  # the server told it why round 1 failed
+        assert ids is not None and queue.ids_match_receipt(request_id, ids)
+    assert client_queue(run, 1).get(SAMPLE_REQUEST).attempts == 0  # drop-outs are retried, not reported
 
 
 # ------------------------------------------------------------------------- security
@@ -162,7 +193,7 @@ def test_every_reply_holds_only_allow_listed_records_and_keys(run: Run) -> None:
         for record in content.array_records.values():  # model-shaped tensors, keyed by the model's names
             assert {k: tuple(v.shape) for k, v in record.items()}.items() <= shapes.items()
         for record in content.metric_records.values():
-            assert set(record) <= METRIC_KEYS
+            assert set(record) <= METRIC_KEYS, set(record) - METRIC_KEYS
             assert all(isinstance(v, (int, float)) for v in record.values())
         for name, record in content.config_records.items():
             assert set(record) <= CONFIG_KEYS[name]
@@ -190,19 +221,20 @@ def test_no_sample_ids_history_entries_or_tracebacks_reach_the_server(run: Run) 
         assert not any(ids in text for ids in id_lists)
 
 
-def test_receipts_carry_a_hash_of_the_ids_not_the_ids(run: Run) -> None:
+def test_receipts_carry_a_keyed_hash_of_the_ids_not_the_ids_nor_their_count(run: Run) -> None:
     receipts = [
         json.loads(str(r.content[protocol.RECEIPT][protocol.RECEIPT_JSON]))
         for r in run.received
         if not r.has_error() and protocol.RECEIPT in r.content.config_records
     ]
-    assert {r["request_id"] for r in receipts} == {SAMPLE_REQUEST, CLASS_REQUEST}
+    assert {r["request_id"] for r in receipts} == {SAMPLE_REQUEST, run.class_request}
     for receipt in receipts:
-        assert set(receipt) == RECEIPT_FIELDS
-        assert re.fullmatch(r"[0-9a-f]{64}", receipt["ids_sha256"])
-        ids = client_queue(run, 1 if receipt["request_id"] == SAMPLE_REQUEST else 2).forgotten_ids()
-        assert receipt["ids_sha256"] == ids_digest(ids) and receipt["num_samples"] == len(ids)
-        assert receipt["ids_sha256"] not in (str(ids.tolist()), json.dumps(ids.tolist()))
+        assert set(receipt) == SERVER_RECEIPT_FIELDS and "num_samples" not in receipt
+        assert re.fullmatch(r"[0-9a-f]{64}", receipt["ids_hmac"])
+        queue = client_queue(run, 1 if receipt["request_id"] == SAMPLE_REQUEST else 2)
+        ids = queue.committed_ids(receipt["request_id"])
+        assert ids is not None and receipt["ids_hmac"] == queue.receipt(receipt["request_id"]).ids_hmac
+        assert receipt["ids_hmac"] not in (str(ids.tolist()), json.dumps(ids.tolist()))
 
 
 def test_the_server_only_names_requests_its_clients_announced(run: Run) -> None:
@@ -217,7 +249,7 @@ def test_the_server_only_names_requests_its_clients_announced(run: Run) -> None:
         for m in run.sent
         if protocol.REQUEST_ID in m.content.config_records.get(protocol.CONFIG, {})
     }
-    assert named == announced == {SAMPLE_REQUEST, CLASS_REQUEST}
+    assert named == announced == {SAMPLE_REQUEST, run.class_request}
     assert {m.metadata.message_type for m in run.sent} <= {
         protocol.QUERY_STATUS,
         protocol.TRAIN,

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedunlearn.deletion import DeletionReceipt, ids_digest
+from fedunlearn.deletion import DeletionReceipt
 
 
 def sample_receipt(request_id: str, ids: list[int], **fields: Any) -> DeletionReceipt:
-    """A receipt for forgetting ``ids``; ``fields`` override the placeholder digests, round, metrics."""
+    """A receipt for forgetting ``ids``; ``fields`` override the placeholder digests, round, metrics.
+
+    ``ids_hmac`` stays empty: ``DeletionQueue.begin_commit`` (and ``mark_served``) set it
+    under the node's key, as they do for a real receipt.
+    """
     values: dict[str, Any] = {
+        "ids_hmac": "",
         "model_digest_before": "a" * 64,
         "model_digest_after": "b" * 64,
         "server_round": 3,
@@ -18,6 +23,4 @@ def sample_receipt(request_id: str, ids: list[int], **fields: Any) -> DeletionRe
         "served_at": 100.0,
     }
     values.update(fields)
-    return DeletionReceipt(
-        request_id=request_id, kind="sample", num_samples=len(ids), ids_sha256=ids_digest(ids), **values
-    )
+    return DeletionReceipt(request_id=request_id, kind="sample", num_samples=len(ids), **values)

@@ -1,288 +1,181 @@
-"""The benchmark's plumbing with fake cell results: profiles, per-method settings,
-resuming (finished cells are reused, failed ones are not written), results.json schema,
-report.md (best per column, headline) and the plots.
-
-A real cell is a Flower simulation of a few minutes on this machine (Ray start-up alone
-takes about a minute), so the end-to-end path is exercised by ``fedunlearn bench --profile
-quick``, not here.
-"""
+"""The benchmark's plan, the judge's comparison fields and verdicts, and the report, on
+made-up numbers (no training)."""
 
 from __future__ import annotations
 
-import dataclasses
+import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-import simulations.bench as bench
-from fedunlearn.errors import ConfigError
-from server.bench_app import CellPlan, method_of, with_method
-from simulations.bench_profiles import QUICK, TUNING_GRID, Cell, Deletion, Profile, largest_share
-from simulations.bench_report import cell_table, headline, runs_of, storage_bytes, targets_met, write_outputs
+from simulations import bench
+from simulations.bench_profiles import EVIDENCE, PROFILES, QUICK
+from simulations.bench_report import pooled_cells, run_rows, write_outputs
+from simulations.cli_options import config_from_args
+from simulations.comparison import Comparison, method_of, plan_runs
+from simulations.judge import compare, verdict
 
-RUN_KEYS = {
-    "dataset",
-    "model",
-    "partition",
-    "deletion",
-    "method",
-    "seed",
-    "FA",
-    "RA",
-    "TA",
-    "MIA",
-    "avg_gap_rt",
-    "kl_rt_forget",
-    "kl_rt_test",
-    "backdoor_asr",
-    "unlearn_seconds",
-    "retrain_seconds",
-    "messages",
-    "history_bytes",
-    "dense_history_bytes",
-}
-MICRO = dataclasses.replace(
-    QUICK,
-    name="micro",
-    datasets=("digits",),
-    models=("mlp",),
-    samples_per_client=60,
-    test_samples=50,
-    sweep=(Deletion("sample", 1, amount=4),),
+
+def row(**values: float) -> dict[str, Any]:
+    base = {"FA": 0.9, "RA": 0.95, "TA": 0.9, "MIA": 0.5, "ASR": None, "mia_std_error": 0.01}
+    return {**base, **values}
+
+
+def test_every_row_gets_gap_gain_and_the_discriminating_flag() -> None:
+    rows = {"m": row(FA=0.05), "none": row(FA=0.60), "finetune": row(FA=0.55), "RT": row(FA=0.0)}
+    out = compare(rows, forget_metric="FA")
+    assert out["none"]["forget_gap_rt"] == pytest.approx(60.0)
+    assert out["m"]["forget_gap_rt"] == pytest.approx(5.0)
+    assert out["m"]["forget_gain_vs_none"] == pytest.approx(55.0)
+    assert out["finetune"]["forget_gain_vs_none"] == pytest.approx(5.0)
+    assert all(r["discriminating"] and r["forget_metric"] == "FA" for r in out.values())
+
+
+def test_a_cell_where_none_sits_at_rt_is_not_discriminating() -> None:
+    rows = {"m": row(FA=0.80), "none": row(FA=0.905), "RT": row(FA=0.90)}
+    assert not compare(rows, forget_metric="FA")["m"]["discriminating"]
+
+
+def test_an_mia_gap_inside_its_noise_does_not_make_a_cell_discriminating() -> None:
+    noisy = {"none": row(MIA=0.53, mia_std_error=0.02), "RT": row(MIA=0.50, mia_std_error=0.02)}
+    clear = {"none": row(MIA=0.90, mia_std_error=0.02), "RT": row(MIA=0.50, mia_std_error=0.02)}
+    assert not compare(noisy, forget_metric="FA")["none"]["discriminating"]
+    assert compare(clear, forget_metric="FA")["none"]["discriminating"]
+
+
+@pytest.mark.parametrize(
+    ("gains", "gaps", "expected"),
+    [
+        ([40.0, 42.0, 41.0], [0.5, 1.0, 0.8], "forgets"),
+        ([40.0, 42.0, 41.0], [5.0, 6.0, 4.0], "partly"),
+        ([0.5, -1.0, 0.2], [40.0, 41.0, 39.0], "no better than doing nothing"),
+        ([10.0, -9.0, 1.0], [1.0, 1.0, 1.0], "no better than doing nothing"),  # gain within 2 std
+    ],
 )
+def test_verdict_follows_the_evidence_standard(gains: list[float], gaps: list[float], expected: str) -> None:
+    assert verdict(gains, gaps) == expected
 
 
-def fake_row(method: str, fa: float, *, asr: float | None = None, seconds: float = 2.0) -> dict[str, Any]:
-    """A row shaped like ``evaluate_cell``'s (RT has FA 0.90, RA 0.95, TA 0.93, MIA 0.40)."""
-    rt = {"FA": 0.90, "RA": 0.95, "TA": 0.93, "MIA": 0.40}
-    row = {
-        "method": method,
-        "FA": fa,
-        "RA": 0.95,
-        "TA": 0.93,
-        "MIA": 0.40,
-        "mia_entropy": 0.3,
-        "kl_rt_forget": 0.1,
-        "kl_rt_test": 0.05,
-        "backdoor_asr": asr,
-        "unlearn_seconds": 100.0 if method == "RT" else seconds,
-        "retrain_seconds": 100.0,
-        "messages": 40,
-        "history_bytes": 300,
-        "dense_history_bytes": 10_000,
-        "served": 1,
-        "deferred_reasons": [],
+def test_profiles_compare_methods_with_none_budget_matched_finetune_and_rt() -> None:
+    labels = bench.labels_of(EVIDENCE)
+    assert "none" in labels
+    for method in EVIDENCE.methods:
+        assert method in labels and f"finetune@{method}" in labels
+    assert len(EVIDENCE.seeds) >= 3 and not set(EVIDENCE.seeds) & set(EVIDENCE.tune_seeds)
+    assert {"poisoned-samples", "mislabelled-samples", "class-only-client"} <= {c.name for c in EVIDENCE.cells}
+    assert any(c.name == "poisoned-samples" for c in QUICK.cells)  # a discriminating sample-level cell
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_every_cell_deletes_after_the_last_round_and_plans_trunk_labels_rt(
+    profile: str, tmp_path: Path, data_root: Path
+) -> None:
+    chosen = PROFILES[profile]
+    planned = bench.plan(chosen, tmp_path, data_root=str(data_root))
+    assert {p.status for p in planned} == {"pending"}
+    for item in planned:
+        assert item.comparison is not None
+        config = item.comparison.config
+        assert all(e.round == config.train.rounds for e in item.comparison.entries)  # primary: after the last round
+        names = [r.name for r in plan_runs(item.comparison)]
+        assert names[0] == "trunk" and names[-1] == "RT"
+        assert {n.split("#")[0] for n in names[1:-1]} == set(item.comparison.labels)
+
+
+def test_a_cell_gets_the_same_config_from_bench_as_from_simulate(tmp_path: Path, data_root: Path) -> None:
+    # bench and simulate build the comparison of one cell the same way: same engine, same numbers.
+    (item,) = [p for p in bench.plan(QUICK, tmp_path, data_root=str(data_root), patterns=["poisoned-samples"])]
+    assert item.comparison is not None
+    flat = QUICK.flat(item.cell, seed=item.seed)
+    args = argparse.Namespace(
+        **{opt: None for opt in ("dataset", "model", "clients", "rounds", "partition", "alpha", "keep_ratio", "seed")},
+        **{opt: None for opt in ("local_epochs", "batch_size", "lr", "samples_per_client", "test_samples", "method")},
+        deletion_schedule=item.comparison.config.experiment.deletion_schedule,
+        data_root=str(data_root),
+        out=str(item.comparison.out),
+        set=[f"{k}={v}" for k, v in flat.items()],
+    )
+    assert config_from_args(args) == item.comparison.config
+
+
+def cell_record(seed: int, *, gain: float) -> dict[str, Any]:
+    rows = {
+        "partial_amnesiac": row(FA=0.01 + 0.001 * seed),
+        "none": row(FA=0.5),
+        "finetune@partial_amnesiac": row(FA=0.5 - gain / 100),
+        "RT": row(FA=0.0),
     }
-    row["avg_gap_rt"] = 100 * sum(abs(row[k] - rt[k]) for k in rt) / 4
-    return row
-
-
-def fake_cell(cell: Cell, methods: dict[str, float]) -> dict[str, Any]:
-    """A finished cell record as ``bench.cell_record`` writes it."""
-    asr = 0.1 if cell.deletion.kind == "client" else None
-    rows = [
-        fake_row("before", 0.99, asr=asr),
-        *(fake_row(m, fa, asr=asr) for m, fa in methods.items()),
-        fake_row("RT", 0.90, asr=asr),
-    ]
-    result = {
-        "rows": rows,
-        "num_forget": 80,
-        "num_retain": 3920,
-        "server_log_bytes": 5000,
-        "affected": {"client-1": {"affected": 30, "steps": 120}},
-        "curves": {
-            "round": [0, 1, 2],
-            "train_FA": [0.1, 0.8, 0.99],
-            "train_RA": [0.1, 0.8, 0.95],
-            "RT_FA": [0.1, 0.7, 0.9],
-            "RT_RA": [0.1, 0.8, 0.95],
-        },
-    }
+    compared = compare(rows, forget_metric="FA")
+    for label in compared:
+        compared[label].update(statuses=["served"], no_trace=[False], cost_seconds=1.0)
     return {
-        "cell_id": cell.cell_id,
-        "dataset": cell.dataset,
-        "model": cell.model,
-        "partition": cell.partition,
-        "seed": cell.seed,
-        "role": cell.role,
-        "deletion": dataclasses.asdict(cell.deletion),
-        "deletion_detail": "test",
-        "methods": list(methods),
-        "method_settings": {},
-        "wall_seconds": 60.0,
-        "result": result,
+        "cell_id": f"c-s{seed}",
+        "cell": "c",
+        "seed": seed,
+        "role": "primary",
+        "description": "made up",
+        "schedule": "5:1:corrupted",
+        "forget_metric": "FA",
+        "discriminating": True,
+        "num_forget": 10,
+        "rows": compared,
     }
 
 
-def test_quick_profile_has_every_deletion_kind_on_iid_lenet_and_a_growing_sweep() -> None:
-    cells = QUICK.cells()
-    main = [c for c in cells if c.role == "main"]
-    assert {c.deletion.kind for c in main} == {"sample", "class", "client"}
-    assert {(c.dataset, c.model, c.partition) for c in main} == {("mnist", "lenet", "iid")}
-    sweep = [c.deletion.amount or 0 for c in cells if c.role == "sweep"]
-    assert sweep == sorted(sweep) and len(sweep) >= 2
-    assert len({c.cell_id for c in cells}) == len(cells)
-
-
-def test_federaser_only_in_client_cells_and_unregistered_methods_dropped() -> None:
-    cells = {c.deletion.kind: c for c in QUICK.cells() if c.role == "main"}
-    available = {"partial_amnesiac", "sfr_on", "federaser"}
-    assert QUICK.methods(cells["client"], available) == ["partial_amnesiac", "sfr_on", "federaser"]
-    assert QUICK.methods(cells["sample"], available) == ["partial_amnesiac", "sfr_on"]
-
-
-def test_cell_config_schedules_the_deletion_after_the_last_round(tmp_path: Path) -> None:
-    cell = next(c for c in QUICK.cells() if c.deletion.kind == "client")
-    config = QUICK.federation_config(cell, out_dir=tmp_path / "c", data_root=None)
-    assert config.deletion_schedule == f"{QUICK.rounds}:4:client"
-    assert config.backdoor.client == 4 and config.history.record_full
-    assert config.state_root == str(tmp_path / "c" / "state")
-    assert Deletion("class", 2).schedule(last_round=3, label=6) == "3:2:class:6"
-    assert Deletion("sample", 1, amount=8).schedule(last_round=3) == "3:1:sample:8"
-
-
-def test_largest_share_picks_the_class_the_client_holds_most_of() -> None:
-    counts = np.array([[50, 10, 40], [50, 90, 5], [0, 0, 55]])
-    assert largest_share(counts, client=1) == (1, pytest.approx(0.9))
-    assert largest_share(counts, client=0, min_count=45) == (0, pytest.approx(0.5))  # 40/100 of class 2 is too few
-
-
-def test_tuning_plan_labels_every_variant_with_its_overrides() -> None:
-    cell = next(c for c in QUICK.cells() if c.deletion.kind == "sample")
-    labels, overrides = bench.method_plan(QUICK, cell, {"sfr_on", "finetune"}, tune=True)
-    assert labels == [f"sfr_on@{k}" for k in range(len(TUNING_GRID["sfr_on"]))] + [
-        f"finetune@{k}" for k in range(len(TUNING_GRID["finetune"]))
-    ]
-    assert overrides["sfr_on@1"] == dict(TUNING_GRID["sfr_on"][1])
-
-
-def test_method_label_settings_reach_the_unlearn_config(tmp_path: Path) -> None:
-    cell = next(c for c in QUICK.cells() if c.deletion.kind == "sample")
-    config = QUICK.federation_config(cell, out_dir=tmp_path, data_root=None)
-    tuned = with_method(config, "sfr_on@2", {"sfr-iters": 30, "unlearn-outer-steps": 1})
-    assert (tuned.unlearn.method, tuned.unlearn.sfr_iters, tuned.unlearn.outer_steps) == ("sfr_on", 30, 1)
-    assert tuned.history == config.history and method_of("pga") == "pga"
-
-
-def test_cell_plan_refuses_overrides_that_would_change_training() -> None:
-    with pytest.raises(ConfigError, match="unlearn-"):
-        CellPlan({}, ["sfr_on"], {"sfr_on": {"keep-ratio": 0.5}})
-    with pytest.raises(ConfigError, match="not in methods"):
-        CellPlan({}, ["sfr_on"], {"finetune": {"unlearn-epochs": 1}})
-
-
-def test_runs_rows_have_the_issue_schema_fractions_and_rt(tmp_path: Path) -> None:
-    cell = next(c for c in QUICK.cells() if c.deletion.kind == "client")
-    rows = runs_of(fake_cell(cell, {"partial_amnesiac": 0.92, "federaser": 0.90, "sfr_on": 0.5}))
-    assert all(RUN_KEYS <= set(r) for r in rows)
-    assert [r["method"] for r in rows if r["method"] == "RT"] == ["RT"]
-    assert all(0.0 <= r[k] <= 1.0 for r in rows for k in ("FA", "RA", "TA", "MIA", "backdoor_asr"))
-    by = {r["method"]: r for r in rows}
-    assert by["partial_amnesiac"]["history_fraction"] == pytest.approx(0.03)
-    assert by["federaser"]["history_bytes"] == 5000 and by["sfr_on"]["history_bytes"] == 0
-    assert by["sfr_on"]["time_fraction_rt"] == pytest.approx(0.02)
-    assert by["RT"]["affected_fraction"] == pytest.approx(0.25)
-    assert by["sfr_on"]["avg_gap_rt_acc"] == pytest.approx(100 * 0.4 / 3)  # FA/RA/TA only, no MIA term
-
-
-def test_storage_is_what_each_method_needs() -> None:
-    row = {"history_bytes": 7, "dense_history_bytes": 100}
-    assert [
-        storage_bytes(m, {"server_log_bytes": 50}, row) for m in ("partial_amnesiac@1", "amnesiac", "federaser", "pga")
-    ] == [7, 100, 50, 0]
-
-
-def test_table_bolds_the_value_closest_to_rt_not_the_largest() -> None:
-    cell = next(c for c in QUICK.cells() if c.deletion.kind == "sample")
-    rows = runs_of(fake_cell(cell, {"partial_amnesiac": 0.91, "label_flip": 0.99, "sfr_on": 0.5}))
-    lines = {line.split(" |")[0].lstrip("| "): line for line in cell_table(rows)}
-    assert "**91.0**" in lines["partial_amnesiac"]
-    assert "**" not in lines["label_flip"].split("|")[2] and "**" not in lines["RT"]
-
-
-def test_headline_takes_the_closest_fedunlearn_method_and_checks_targets() -> None:
-    cell = next(c for c in QUICK.cells() if c.deletion.kind == "sample")
-    rows = runs_of(fake_cell(cell, {"partial_amnesiac": 0.93, "sfr_on": 0.91, "finetune": 0.90}))
-    (best,) = headline(rows)
-    assert best["method"] == "sfr_on"  # finetune is closer but is a baseline, not a fedunlearn method
-    met = targets_met(best)
-    assert met["Avg.D <= 1.5"] and met["history <= 5% dense"] and not met["time <= 1% RT"]
-
-
-ENV = {
-    "cpu_count": 2,
-    "load_average": [1.0, 1.0, 1.0],
-    "python": "3",
-    "torch": "2",
-    "flwr": "1",
-    "git_commit": "abc",
-    "git_dirty": False,
-}
-
-
-def test_outputs_are_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("simulations.bench_plots.write_plots", lambda cells, rows, out: [])
-    cells = [fake_cell(c, {"partial_amnesiac": 0.92, "amnesiac": 0.85}) for c in QUICK.cells()]
-    paths = write_outputs(
+def test_results_json_has_none_finetune_rt_rows_with_the_issue_fields(tmp_path: Path) -> None:
+    cells = [cell_record(s, gain=3.0 + s) for s in (0, 1, 2)]
+    written = write_outputs(
         QUICK,
         cells,
-        [{"cell_id": "x", "status": "skipped", "reason": "no data"}],
+        [],
         tmp_path,
-        env=ENV,
-        tune=True,
+        env={
+            "cpu_count": 2,
+            "load_average": [0, 0, 0],
+            "python": "3",
+            "torch": "t",
+            "flwr": "f",
+            "git_commit": "abc",
+            "git_dirty": False,
+        },
         wall_seconds=1.0,
     )
-    assert {p.name for p in paths} == {"results.json", "report.md", "tuning.md"}
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["profile"] == "quick" and len(results["headline"]) == 3
-    assert "x: skipped — no data" in (tmp_path / "report.md").read_text()
+    (cell,) = results["cells"]
+    methods = {r["method"] for r in cell["rows"]}
+    assert {"none", "finetune", "RT", "partial_amnesiac"} <= methods
+    for r in [*cell["rows"], *results["runs"]]:
+        assert {"forget_metric", "forget_gap_rt", "forget_gain_vs_none", "discriminating"} <= set(r)
+    pooled = {r["label"]: r for r in cell["rows"]}
+    assert pooled["partial_amnesiac"]["verdict"] == "forgets"
+    assert pooled["finetune@partial_amnesiac"]["verdict"] == "partly"
+    assert pooled["partial_amnesiac"]["forget_gain_vs_none_std"] > 0  # spread over seeds
+    assert any(p.name == "report.md" for p in written) and any(p.suffix == ".png" for p in written)
 
 
-@pytest.mark.parametrize("name", ["fig_forget_retain", "fig_affected_batches", "fig_cost_vs_gap"])
-def test_each_plot_is_drawn_from_the_cells(tmp_path: Path, name: str) -> None:
-    import simulations.bench_plots as plots
-
-    cells = [fake_cell(c, {"partial_amnesiac": 0.92, "amnesiac": 0.85}) for c in QUICK.cells()]
-    rows = [r for c in cells for r in runs_of(c)]
-    draw = {
-        "fig_forget_retain": lambda: plots.plot_forget_retain(cells, tmp_path / "a.png"),
-        "fig_affected_batches": lambda: plots.plot_affected_batches(rows, tmp_path / "a.png"),
-        "fig_cost_vs_gap": lambda: plots.plot_cost_vs_gap(rows, tmp_path / "a.png"),
-    }[name]
-    assert draw() == tmp_path / "a.png"
-    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+def test_run_rows_keep_the_label_and_name_the_matched_method() -> None:
+    rows = run_rows([cell_record(0, gain=3.0)])
+    finetune = next(r for r in rows if r["label"] == "finetune@partial_amnesiac")
+    assert finetune["method"] == "finetune" and finetune["matched_to"] == "partial_amnesiac"
+    assert method_of("finetune@sfr_on") == "finetune"
+    assert all(not math.isnan(r["forget_gap_rt"]) for r in rows)
 
 
-def test_a_rerun_reuses_finished_cells_and_retries_failed_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    ran: list[list[str]] = []
-
-    def fake_run_cells(cells: list[Any], *, on_result: Any, **_: Any) -> None:
-        ran.append([Path(config.out_dir).name for config, _, _ in cells])
-        for index, (config, _methods, _) in enumerate(cells):
-            ok = "client" not in str(config.out_dir)
-            on_result(index, {"rows": []} if ok else None, None if ok else RuntimeError("boom"))
-
-    monkeypatch.setattr("simulations.bench_cell.run_cells", fake_run_cells)
-    monkeypatch.setattr(bench, "available_methods", lambda: {"partial_amnesiac"})
-    monkeypatch.setattr(bench, "dataset_problem", lambda *a: "")
-    monkeypatch.setattr(bench, "class_major", lambda *a, **k: (3, 0.5))
-    for _ in range(2):
-        planned = bench.plan(MICRO, tmp_path, data_root=None)
-        bench.run_pending(planned, tmp_path, cpus=1, deadline=None, keep_state=False)
-    assert len(ran[0]) == 4 and ran[1] == [c for c in ran[0] if "client" in c]
-    assert sorted(p.name for p in (tmp_path / "cells").glob("*.json")) == sorted(
-        f"{c}.json" for c in ran[0] if "client" not in c
-    )
-    failed = [p for p in planned if p.status == "failed"]
-    assert len(failed) == 1 and "boom" in failed[0].reason
+def test_pooled_cells_mark_a_cell_not_discriminating_and_draw_no_verdict() -> None:
+    record = cell_record(0, gain=3.0)
+    for r in record["rows"].values():
+        r["discriminating"] = False
+    record["discriminating"] = False
+    (cell,) = pooled_cells([record])
+    assert not cell["discriminating"]
+    assert {r["verdict"] for r in cell["rows"] if r["label"] not in ("RT", "none")} == {"cell not discriminating"}
 
 
-def test_a_missing_dataset_is_skipped_with_its_reason(tmp_path: Path) -> None:
-    profile: Profile = dataclasses.replace(MICRO, datasets=("mnist",))
-    planned = bench.plan(profile, tmp_path, data_root=str(tmp_path / "empty"))
-    assert {p.status for p in planned} == {"skipped"}
-    assert all("'mnist' not available" in p.reason and "empty" in p.reason for p in planned)
+def test_a_comparison_names_its_runs_and_matches_finetune_to_a_method(tmp_path: Path, data_root: Path) -> None:
+    (item,) = bench.plan(QUICK, tmp_path, data_root=str(data_root), patterns=["class-only-client"])
+    comparison: Comparison = item.comparison  # type: ignore[assignment]
+    assert comparison.methods() == list(QUICK.methods)
+    assert comparison.run_dir("finetune@sfr_on").name == "finetune-at-sfr_on"

@@ -25,6 +25,7 @@ from simulations.centralized_profiles import (
     restrict,
     sweep_forget_sets,
 )
+from simulations.centralized_training import method_settings
 from simulations.plots import markdown_table
 
 ROW_KEYS = {
@@ -114,6 +115,20 @@ def test_restrict_filters_datasets_and_methods_but_always_keeps_rt() -> None:
         restrict(full, datasets=["cifar"])
     with pytest.raises(ConfigError, match="sgd"):
         restrict(full, methods=["sgd"])
+
+
+def test_method_settings_fill_shared_defaults_and_refuse_unknown_row_settings() -> None:
+    profile = get_profile("quick")
+
+    flip = method_settings(profile.method("label_flip"), profile, "class", extra={"max_steps": 3})  # type: ignore[arg-type]
+    retrain = method_settings(profile.method("RT"), profile, "class")  # type: ignore[arg-type]
+    tuned = method_settings(profile.method("amnesiac+ft"), profile, "class")  # type: ignore[arg-type]
+
+    assert flip.max_steps == 3 and flip.epochs == 1  # the row's own epochs beat the shared default
+    assert retrain.epochs == profile.epochs  # the shared default: train as long as the original
+    assert tuned.finetune_epochs == 1 and tuned.lr == 0.05 and not hasattr(tuned, "select_ratio")
+    with pytest.raises(ConfigError, match="no field"):
+        method_settings(profile.method("amnesiac"), profile, "class", extra={"select_ratio": 0.5})  # type: ignore[arg-type]
 
 
 def test_cli_arguments_reach_the_profile() -> None:

@@ -11,8 +11,9 @@ import pytest
 from helpers.receipts import sample_receipt
 
 from fedunlearn.atomic import save_npy_atomic, write_bytes_atomic, write_json_atomic
-from fedunlearn.deletion import DeletionQueue, DeletionRequest, ids_digest
+from fedunlearn.deletion import DeletionQueue, DeletionRequest
 from fedunlearn.errors import DeletionRequestError
+from fedunlearn.receipts import NODE_SECRET_FILE, ids_hmac
 from fedunlearn.results import ClientRoundRecord, RoundRecord, RunResults
 
 DISTINCT_IDS = [987654321, 123456789, 555000111]  # easy to spot in any file
@@ -106,16 +107,43 @@ def test_request_json_round_trip() -> None:
 # --------------------------------------------------------------------------------- digest
 
 
-def test_ids_digest_ignores_order_and_duplicates_and_hides_ids() -> None:
+def test_ids_hmac_ignores_order_and_duplicates_and_depends_on_the_key() -> None:
+    # Prepare
+    key, other_key = bytes(range(32)), bytes(range(1, 33))
+
     # Execute
-    digest = ids_digest(DISTINCT_IDS)
-    shuffled = ids_digest(np.array(DISTINCT_IDS[::-1] + DISTINCT_IDS[:1]))
-    other = ids_digest(DISTINCT_IDS[:2])
+    digest = ids_hmac(DISTINCT_IDS, secret=key)
+    shuffled = ids_hmac(np.array(DISTINCT_IDS[::-1] + DISTINCT_IDS[:1]), secret=key)
+    fewer = ids_hmac(DISTINCT_IDS[:2], secret=key)
+    rekeyed = ids_hmac(DISTINCT_IDS, secret=other_key)
 
     # Assert
     assert digest == shuffled
-    assert digest != other
+    assert len({digest, fewer, rekeyed}) == 3
     assert len(digest) == 64 and all(str(i) not in digest for i in DISTINCT_IDS)
+
+
+@pytest.mark.parametrize("secret", [b"", b"short", "a" * 32], ids=["empty", "short", "str"])
+def test_ids_hmac_refuses_a_weak_or_missing_key(secret: object) -> None:
+    with pytest.raises(DeletionRequestError) as caught:
+        ids_hmac([1], secret=secret)  # type: ignore[arg-type]
+    assert "at least 16 bytes" in str(caught.value)
+
+
+def test_the_node_secret_is_created_once_and_read_back(tmp_path: Path) -> None:
+    # Prepare
+    queue = DeletionQueue(tmp_path)
+
+    # Execute
+    with pytest.raises(DeletionRequestError) as missing:
+        queue.node_secret()  # reading never creates it
+    created = queue.node_secret(create=True)
+    again = DeletionQueue(tmp_path).node_secret(create=True)
+
+    # Assert
+    assert NODE_SECRET_FILE in str(missing.value)
+    assert created == again == (tmp_path / NODE_SECRET_FILE).read_bytes() and len(created) == 32
+    assert sorted(p.name for p in tmp_path.iterdir()) == [NODE_SECRET_FILE, "receipts", "requests"]
 
 
 # ---------------------------------------------------------------------------------- queue
@@ -224,7 +252,8 @@ def test_mark_served_stores_forgotten_ids_and_receipt_without_ids(tmp_path: Path
     assert queue.forgotten_ids().dtype == np.int64
     receipts = queue.receipts()
     assert [r["request_id"] for r in receipts] == [second.request_id, first.request_id]  # oldest first
-    assert receipts[1]["ids_sha256"] == ids_digest(DISTINCT_IDS[:2])
+    assert receipts[1]["ids_hmac"] == ids_hmac(DISTINCT_IDS[:2], secret=queue.receipt_key(first.request_id))
+    assert queue.ids_match_receipt(first.request_id, DISTINCT_IDS[:2])
     receipt_text = "".join(p.read_text() for p in queue.receipts_dir.glob("*.json"))
     assert all(str(i) not in receipt_text for i in DISTINCT_IDS)
 
@@ -278,7 +307,12 @@ def test_queue_writes_leave_no_temporary_files(tmp_path: Path) -> None:
 
     # Assert
     rid = request.request_id
-    assert _all_files(tmp_path) == [f"receipts/{rid}.json", f"requests/{rid}.forgotten.npy", f"requests/{rid}.json"]
+    assert _all_files(tmp_path) == [
+        NODE_SECRET_FILE,
+        f"receipts/{rid}.json",
+        f"requests/{rid}.forgotten.npy",
+        f"requests/{rid}.json",
+    ]
 
 
 # --------------------------------------------------------------------------- atomic files
@@ -335,7 +369,7 @@ def test_json_writer_rejects_unserializable_values_without_leaving_files(tmp_pat
 
 def test_run_results_written_as_json_round_trip(tmp_path: Path) -> None:
     # Prepare
-    results = RunResults(config={"num-server-rounds": 1})
+    results = RunResults(config={"train.rounds": 1})
     results.rounds.append(RoundRecord(1, 0.5, 0.8, 0.9, 0.3, 1.2, [ClientRoundRecord(0, 10, 1.0, 0.5)]))
     results.events.append({"kind": "deletion", "receipt": sample_receipt("r1", [1]).to_json()})
 

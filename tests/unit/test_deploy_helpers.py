@@ -15,12 +15,12 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from flwr.common.config import unflatten_dict
 
-from fedunlearn.config import FederationConfig
-from fedunlearn.deploy.app_bundle import app_pyproject, stage_app, toml_value
-from fedunlearn.deploy.certs import make_local_credentials, make_node_key
-from fedunlearn.deploy.local import NodeSpec, parse_json_output
-from fedunlearn.deploy.processes import (
+from deploy.app_bundle import app_pyproject, stage_app, toml_value
+from deploy.certs import make_local_credentials, make_node_key
+from deploy.local import NodeSpec, parse_json_output
+from deploy.processes import (
     Interrupted,
     Supervisor,
     free_ports,
@@ -28,7 +28,9 @@ from fedunlearn.deploy.processes import (
     tagged_pids,
     wait_for_port,
 )
-from fedunlearn.deploy.run import DeletionPlan, RunWatch, round_finished
+from deploy.run import DeletionPlan, RunWatch, round_finished
+from fedunlearn.config import FederationConfig
+from fedunlearn.run_config import config_from_sections
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -76,15 +78,21 @@ def test_existing_credentials_are_never_replaced_silently(tmp_path: Path) -> Non
 # ------------------------------------------------------------------------------ staged app
 
 
+def from_flat(flat: dict[str, object]) -> FederationConfig:
+    """A config from flat dotted run-config keys, as the ServerApp reads them."""
+    return config_from_sections(unflatten_dict(flat))
+
+
 def test_staged_pyproject_carries_the_deployments_config_including_none_defaults() -> None:
     # Prepare: keys the repository's [tool.flwr.app.config] cannot list (their default is None)
-    config = FederationConfig.from_run_config(
+    config = from_flat(
         {
-            "out-dir": '/srv/x "quoted" \\ dir',
-            "samples-per-client": 300,
-            "test-samples": 500,
-            "num-clients": 3,
-            "lr": 1e-05,
+            "run.out-dir": '/srv/x "quoted" \\ dir',
+            "data.samples-per-client": 300,
+            "data.test-samples": 500,
+            "data.num-clients": 3,
+            "train.lr": 1e-05,
+            "unlearn.sfr_on.iters": 30,
         }
     )
     source = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
@@ -94,7 +102,7 @@ def test_staged_pyproject_carries_the_deployments_config_including_none_defaults
 
     # Assert
     parsed = tomllib.loads(text)
-    assert FederationConfig.from_run_config(parsed["tool"]["flwr"]["app"]["config"]) == config
+    assert from_flat(parsed["tool"]["flwr"]["app"]["config"]) == config
     assert parsed["tool"]["flwr"]["app"]["components"] == source["tool"]["flwr"]["app"]["components"]
     assert parsed["project"]["name"] == source["project"]["name"]
     assert parsed["project"]["license"] == source["project"]["license"]["text"]
@@ -108,7 +116,7 @@ def test_toml_values_round_trip() -> None:
 
 def test_staged_app_holds_code_and_pyproject_only(tmp_path: Path) -> None:
     # Execute
-    target = stage_app(tmp_path / "app", FederationConfig.from_run_config({"out-dir": str(tmp_path / "server")}))
+    target = stage_app(tmp_path / "app", from_flat({"run.out-dir": str(tmp_path / "server")}))
 
     # Assert
     files = [p.relative_to(target) for p in target.rglob("*") if p.is_file()]

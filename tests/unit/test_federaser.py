@@ -18,7 +18,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from torch import nn
 
 from fedunlearn import protocol
-from fedunlearn.config import DataConfig, FederationConfig, UnlearnConfig
+from fedunlearn.config import DataConfig, FederationConfig, HistoryConfig, RunSettings, UnlearnConfig
 from fedunlearn.data.indexed import IndexedDataset
 from fedunlearn.errors import HistoryCorruptedError, UnlearningError
 from fedunlearn.federaser import (
@@ -31,8 +31,10 @@ from fedunlearn.federaser import (
     reconstruct,
 )
 from fedunlearn.results import RunResults
-from server.federaser import attach_update_log, record_round, run_federaser_phase, update_log
-from server.loop import ServerState
+from server.engine import server_logged_methods
+from server.phase.federaser import attach_update_log, record_round, run_federaser_phase, update_log
+from server.phase.serve import phase_runner, prepare_phases
+from server.state import ServerState
 from server.strategy import UnlearningFedAvg
 
 
@@ -253,7 +255,7 @@ class FakeGrid:
         return replies
 
 
-def client(keeps_data: bool = False, silent: set[int] | None = None) -> Responder:
+def client(keeps_data: bool = False, silent: set[int] | None = None, verified: int = 1) -> Responder:
     fresh = {101: t([[0.0, 1.0], [0.0, 0.0]]), 102: t([[1.0, 0.0], [0.0, 0.0]])}
 
     def respond(message: Message) -> RecordDict | None:
@@ -261,7 +263,7 @@ def client(keeps_data: bool = False, silent: set[int] | None = None) -> Responde
         if node in (silent or set()):
             return None
         if kind == protocol.EVALUATE_VERIFY:
-            metrics = {protocol.NUM_EXAMPLES: 200, protocol.FA: 0.9, **({protocol.RA: 0.95} if keeps_data else {})}
+            metrics = {protocol.PASSED: 0, protocol.FA: 0.9, **({protocol.RA: 0.95} if keeps_data else {})}
             return RecordDict({protocol.METRICS: MetricRecord(metrics)})
         if kind == protocol.TRAIN_REMAIN:
             return RecordDict(
@@ -270,8 +272,15 @@ def client(keeps_data: bool = False, silent: set[int] | None = None) -> Responde
                     protocol.METRICS: MetricRecord({protocol.NUM_EXAMPLES: 50}),
                 }
             )
+        if not verified:
+            return RecordDict({protocol.METRICS: MetricRecord({protocol.VERIFIED: 0, "check-FA": 0.9})})
         receipt = {**json.loads(str(message.content[protocol.CONFIG][protocol.RECEIPT_JSON])), "kind": "client"}
-        return RecordDict({protocol.RECEIPT: ConfigRecord({protocol.RECEIPT_JSON: json.dumps(receipt)})})
+        return RecordDict(
+            {
+                protocol.METRICS: MetricRecord({protocol.VERIFIED: 1}),
+                protocol.RECEIPT: ConfigRecord({protocol.RECEIPT_JSON: json.dumps(receipt)}),
+            }
+        )
 
     return respond
 
@@ -291,9 +300,8 @@ def train_reply(strategy: UnlearningFedAvg, node: int, weight: torch.Tensor, cou
 def state(tmp_path: Path) -> ServerState:
     """A server after two logged rounds (the same numbers as ``write_two_rounds``, as 2x2 weights)."""
     config = FederationConfig(
+        run=RunSettings(state_root=str(tmp_path), retries=0),
         data=DataConfig(num_clients=3),
-        state_root=str(tmp_path),
-        phase_retries=0,
         unlearn=UnlearnConfig(method="federaser", max_ta_drop=1.0),
     )
     initial = ArrayRecord({"weight": torch.zeros(2, 2)})
@@ -301,7 +309,7 @@ def state(tmp_path: Path) -> ServerState:
     strategy.partition_of.update(NODES)
     model = nn.Linear(2, 2, bias=False)
     test = IndexedDataset(t([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1]), torch.arange(2), 2)
-    server = ServerState(config, strategy, initial, model, test, RunResults(config={}))
+    server = ServerState(config, strategy, initial, model, test, RunResults(config={}), lineage="run-test")
     attach_update_log(server)
     starts = {1: torch.zeros(2, 2), 2: torch.full((2, 2), 5.0)}
     updates = {
@@ -330,20 +338,40 @@ def test_setup_adds_the_hook_and_the_hook_logs_each_round(state: ServerState) ->
     )
 
 
-def test_no_log_is_kept_in_retrain_mode(tmp_path: Path) -> None:
-    config = FederationConfig(state_root=str(tmp_path), retrain_mode=True)
-    server = ServerState(
+def bare_state(config: FederationConfig) -> ServerState:
+    reference = ArrayRecord({"w": torch.zeros(1)})
+    return ServerState(
         config,
-        UnlearningFedAvg(config, reference=ArrayRecord({"w": torch.zeros(1)})),
-        ArrayRecord({"w": torch.zeros(1)}),
+        UnlearningFedAvg(config, reference=reference),
+        reference,
         nn.Linear(1, 1),
-        None,
+        None,  # type: ignore[arg-type]
         RunResults(config={}),
-    )  # type: ignore[arg-type]
+        lineage="run-test",
+    )
+
+
+def test_no_log_is_kept_unless_a_method_of_the_run_reads_it(tmp_path: Path) -> None:
+    plain = FederationConfig(run=RunSettings(state_root=str(tmp_path / "a")))
+    logged = FederationConfig(run=RunSettings(state_root=str(tmp_path / "b")), history=HistoryConfig(server_log=True))
+    without, with_log = bare_state(plain), bare_state(logged)
+
+    prepare_phases(without, server_logged_methods(plain))
+    prepare_phases(with_log, server_logged_methods(logged))
+
+    assert server_logged_methods(plain) == ["partial_amnesiac"] and without.round_hooks == []
+    assert "federaser" in server_logged_methods(logged) and with_log.round_hooks == [record_round]
+    assert phase_runner("federaser") is run_federaser_phase
+
+
+def test_a_fresh_run_removes_the_log_of_an_earlier_run(tmp_path: Path) -> None:
+    server = bare_state(FederationConfig(run=RunSettings(state_root=str(tmp_path))))
+    write_two_rounds(update_log(server))
 
     attach_update_log(server)
 
-    assert server.round_hooks == []
+    assert update_log(server).rounds() == []
+    assert server.round_hooks == [record_round]
 
 
 def test_phase_rebuilds_the_model_without_the_client_and_commits(state: ServerState) -> None:
@@ -364,7 +392,9 @@ def test_phase_rebuilds_the_model_without_the_client_and_commits(state: ServerSt
     assert torch.allclose(
         calibration[0].content[protocol.ARRAYS].to_torch_state_dict()["weight"], t([[0.25, 0.0], [0.0, 0.75]])
     )
-    assert outcome.stats.messages == 10  # probe, 2 calibrations, verify, commit: each sent and answered
+    assert outcome.stats.messages == 8  # probe, 2 calibrations, commit (judged by the client): each sent and answered
+    (commit,) = [m for m in grid.sent if m.metadata.message_type == protocol.QUERY_COMMIT]
+    assert torch.equal(commit.content[protocol.ARRAYS].to_torch_state_dict()["weight"], t([[1.75, 1.25], [0.0, 0.75]]))
     assert outcome.metrics["calibration_steps"] == 4 and outcome.metrics["log_rounds"] == 2
     assert outcome.metrics["log_bytes"] > outcome.metrics["log_bytes_freed"] > 0
     assert all(2 not in r.clients for r in update_log(state).rounds())
@@ -399,3 +429,14 @@ def test_phase_continues_with_the_clients_that_calibrate(state: ServerState) -> 
     # round 2 only from client 0 (weight renormalised to 1): [[0.25, 0], [0, 0.75]] + [[0, 5], [0, 0]]
     assert outcome.status == "served"
     assert torch.allclose(state.arrays.to_torch_state_dict()["weight"], t([[0.25, 5.0], [0.0, 0.75]]))
+
+
+def test_a_rebuilt_model_the_client_does_not_verify_is_rolled_back_and_the_log_kept(state: ServerState) -> None:
+    grid = FakeGrid(client(verified=0))
+
+    outcome = run_federaser_phase(grid, state, node_id=103, request_id="req-1", server_round=2)  # type: ignore[arg-type]
+
+    assert outcome.status == "not_verified" and "not verified" in (outcome.reason or "")
+    assert torch.equal(state.arrays.to_torch_state_dict()["weight"], torch.full((2, 2), 6.0))
+    assert 103 not in state.strategy.departed
+    assert all(2 in r.clients for r in update_log(state).rounds())

@@ -15,14 +15,15 @@ import pytest
 import torch
 from helpers.receipts import sample_receipt
 
-from fedunlearn.cli import main as cli_main
 from fedunlearn.config import FederationConfig
 from fedunlearn.data import IndexedDataset
-from fedunlearn.deletion import DeletionQueue, DeletionRequest, ids_digest
+from fedunlearn.deletion import DeletionQueue, DeletionRequest
 from fedunlearn.errors import DeletionRequestError
 from fedunlearn.node_cli import forget, receipts
 from fedunlearn.node_cli.checks import parse_id_lines
+from fedunlearn.receipts import ids_hmac
 from fedunlearn.site import ClientSite
+from simulations.cli import main as cli_main
 
 IDS = [100 + 7 * i for i in range(12)]  # 100, 107, ..., 177
 LABELS = [0, 1, 2] * 4  # four samples per class; class 3 of 4 is held by nobody
@@ -334,14 +335,16 @@ def test_receipts_lists_served_and_pending_requests(state_dir: Path, capsys: pyt
     (served,) = listing["served"]
     (pending,) = listing["pending"]
     assert (code, text_code) == (0, 0)
-    assert served["request_id"] == "done" and served["ids_sha256"] == ids_digest([100, 107])
+    assert served["request_id"] == "done" and served["ids_hmac"] == ids_hmac(
+        [107, 100], secret=queue.receipt_key("done")
+    )
     assert served["ids_verified"] is True and served["metrics"]["FA"] == 0.25 and served["server_round"] == 2
     assert pending == pending | {
         "request_id": "waiting",
         "attempts": 1,
         "last_error": "node 2 dropped out",
         "num_samples": 1,
-        "ids_sha256": ids_digest([114]),
+        "ids_hmac": queue.ids_hmac("waiting", [114]),  # what its receipt will carry
     }
     assert "served: 1" in text and "matches the forgotten ids" in text and "last error: node 2 dropped out" in text
 
@@ -369,4 +372,60 @@ def test_receipts_on_a_wrong_directory_exits_2_and_creates_nothing(
 
     # Assert
     assert code == 2 and "holds no requests/ folder" in capsys.readouterr().err
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_show_key_prints_the_key_an_auditor_checks_the_servers_copy_with(
+    state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare
+    DeletionQueue(state_dir).submit(DeletionRequest.new(kind="sample", sample_ids=[100, 121], request_id="r"))
+    serve(state_dir, "r", [100, 121])
+    server_copy = DeletionQueue(state_dir).receipt("r").server_copy()
+
+    # Execute
+    code = receipts.main(["--state-dir", str(state_dir), "--show-key", "r"])
+    out, err = capsys.readouterr()
+
+    # Assert
+    key = bytes.fromhex(out.strip())
+    assert code == 0 and "auditor" in err
+    assert ids_hmac([100, 121], secret=key) == server_copy["ids_hmac"]
+    assert ids_hmac([100], secret=key) != server_copy["ids_hmac"]
+
+
+def test_verify_reads_ids_from_stdin_and_refuses_unknown_requests_and_bad_usage(
+    state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare
+    DeletionQueue(state_dir).submit(DeletionRequest.new(kind="sample", sample_ids=[114], request_id="r"))
+    serve(state_dir, "r", [114])
+    before = snapshot(state_dir)
+
+    # Execute
+    matched = receipts.main(
+        ["--state-dir", str(state_dir), "--verify", "r", "--samples", "-"], stdin=io.StringIO("114\n")
+    )
+    unknown = receipts.main(
+        ["--state-dir", str(state_dir), "--verify", "nope", "--samples", "-"], stdin=io.StringIO("1")
+    )
+    unknown_err = capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        receipts.main(["--state-dir", str(state_dir), "--verify", "r"])
+
+    # Assert
+    assert (matched, unknown, usage.value.code) == (0, 2, 2)
+    assert "'nope'" in unknown_err
+    assert snapshot(state_dir) == before  # verifying writes nothing
+
+
+def test_verify_and_show_key_on_a_wrong_directory_exit_2_and_create_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Execute
+    verify = receipts.main(["--state-dir", str(tmp_path / "nowhere"), "--verify", "r", "--samples", "-"])
+    show = receipts.main(["--state-dir", str(tmp_path / "nowhere"), "--show-key", "r"])
+
+    # Assert
+    assert (verify, show) == (2, 2) and "holds no requests/ folder" in capsys.readouterr().err
     assert not (tmp_path / "nowhere").exists()

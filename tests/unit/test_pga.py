@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from fedunlearn.aggregation import add_scaled
-from fedunlearn.config import TrainConfig, UnlearnConfig
+from fedunlearn.config import TrainConfig
 from fedunlearn.data.indexed import IndexedDataset
 from fedunlearn.errors import UnlearningError
 from fedunlearn.metrics import evaluate_loss_accuracy
@@ -23,8 +23,9 @@ from fedunlearn.unlearning.pga import (
     project_to_ball,
     stop_loss,
 )
+from fedunlearn.unlearning.steps import AscentSettings
 
-CONFIG = UnlearnConfig(epochs=3, batch_size=8, lr=0.05)
+SETTINGS = AscentSettings(epochs=3, batch_size=8, lr=0.05)
 
 
 def tiny_model() -> nn.Module:
@@ -108,7 +109,7 @@ def test_pga_stays_in_the_ball_around_the_given_model(trained: tuple) -> None:
 
     calls: list[int] = []
     correction = get_method("pga")(
-        model, split=split_of(data, 16), config=CONFIG, context=UnlearnContext(model_factory=close_factory, seed=0)
+        model, split=split_of(data, 16), settings=SETTINGS, context=UnlearnContext(model_factory=close_factory, seed=0)
     )
 
     distance = math.sqrt(sum(float((d**2).sum()) for d in correction.delta.values()))
@@ -123,7 +124,7 @@ def test_pga_raises_the_loss_on_the_forget_set(trained: tuple) -> None:
     split = split_of(data, 16)
     before = evaluate_loss_accuracy(model, split.forget)
 
-    correction = pga(model, split=split, config=UnlearnConfig(epochs=3, batch_size=8, lr=0.5), context=context())
+    correction = pga(model, split=split, settings=AscentSettings(epochs=3, batch_size=8, lr=0.5), context=context())
     unlearned = tiny_model()
     unlearned.load_state_dict(add_scaled(model.state_dict(), correction.delta))
     after = evaluate_loss_accuracy(unlearned, split.forget)
@@ -136,9 +137,9 @@ def test_pga_raises_the_loss_on_the_forget_set(trained: tuple) -> None:
 
 def test_pga_stops_once_the_loss_reaches_a_uniform_guess(trained: tuple) -> None:
     model, data = trained
-    config = UnlearnConfig(epochs=50, batch_size=8, lr=0.05)
+    settings = AscentSettings(epochs=50, batch_size=8, lr=0.05)
 
-    correction = pga(model, split=split_of(data, 16), config=config, context=context())
+    correction = pga(model, split=split_of(data, 16), settings=settings, context=context())
 
     assert correction.info["stopped_by"] == "loss"
     assert correction.info["forget_loss"] >= stop_loss(3)
@@ -149,9 +150,9 @@ def test_pga_respects_max_steps_and_target_fa(trained: tuple) -> None:
     model, data = trained
 
     one = pga(
-        model, split=split_of(data, 16), config=UnlearnConfig(epochs=5, batch_size=8, max_steps=1), context=context()
+        model, split=split_of(data, 16), settings=AscentSettings(epochs=5, batch_size=8, max_steps=1), context=context()
     )
-    none = pga(model, split=split_of(data, 16), config=UnlearnConfig(target_fa=1.0), context=context())
+    none = pga(model, split=split_of(data, 16), settings=AscentSettings(target_fa=1.0), context=context())
 
     assert one.info["steps"] == 1
     assert none.info["steps"] == 0 and none.info["stopped_by"] == "target_fa"
@@ -162,7 +163,7 @@ def test_empty_forget_set_gives_a_zero_correction(trained: tuple) -> None:
     model, data = trained
     before = {k: v.clone() for k, v in model.state_dict().items()}
 
-    correction = pga(model, split=split_of(data, 0), config=CONFIG, context=context())
+    correction = pga(model, split=split_of(data, 0), settings=SETTINGS, context=context())
 
     assert all(bool((d == 0).all()) for d in correction.delta.values())
     after = add_scaled(model.state_dict(), correction.delta)
@@ -173,8 +174,8 @@ def test_pga_is_registered_reproducible_and_leaves_its_input_alone(trained: tupl
     model, data = trained
     before = {k: v.clone() for k, v in model.state_dict().items()}
 
-    first = get_method("pga")(model, split=split_of(data, 16), config=CONFIG, context=context(seed=4))
-    second = get_method("pga")(model, split=split_of(data, 16), config=CONFIG, context=context(seed=4))
+    first = get_method("pga")(model, split=split_of(data, 16), settings=SETTINGS, context=context(seed=4))
+    second = get_method("pga")(model, split=split_of(data, 16), settings=SETTINGS, context=context(seed=4))
 
     assert "pga" in available_methods() and first.method == "pga"
     assert all(torch.equal(first.delta[k], second.delta[k]) for k in first.delta)
@@ -185,4 +186,4 @@ def test_pga_without_a_model_factory_says_what_it_needs(trained: tuple) -> None:
     model, data = trained
 
     with pytest.raises(UnlearningError, match="model_factory"):
-        pga(model, split=split_of(data, 16), config=CONFIG, context=UnlearnContext(seed=0))
+        pga(model, split=split_of(data, 16), settings=SETTINGS, context=UnlearnContext(seed=0))

@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.common.config import unflatten_dict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedunlearn import protocol
-from fedunlearn.config import DataConfig, FederationConfig
+from fedunlearn.config import DataConfig, FederationConfig, RunSettings, TrainConfig
+from fedunlearn.run_config import config_from_sections, config_to_flat
 from server.strategy import UnlearningFedAvg
 
 NODES = {101: 0, 102: 1, 103: 2}  # Flower node id -> partition id
@@ -51,9 +53,16 @@ def _state(scale: float) -> dict[str, torch.Tensor]:
     }
 
 
-def _strategy(nodes: dict[int, int] = NODES, **kwargs: object) -> UnlearningFedAvg:
-    config = FederationConfig(data=DataConfig(num_clients=len(nodes)), **kwargs)  # type: ignore[arg-type]
-    strategy = UnlearningFedAvg(config, reference=ArrayRecord(_state(0.0)))
+def _strategy(
+    nodes: dict[int, int] = NODES, *, seed: int = 0, fraction: float = 1.0, fraction_evaluate: float = 1.0
+) -> UnlearningFedAvg:
+    config = FederationConfig(
+        run=RunSettings(seed=seed),
+        data=DataConfig(num_clients=len(nodes)),
+        train=TrainConfig(fraction=fraction, fraction_evaluate=fraction_evaluate),
+    )
+    strategy = UnlearningFedAvg(config, reference=ArrayRecord(_state(0.0)), flat_config=config_to_flat(config))
+    strategy.lineage = "run-test"
     strategy.partition_of.update(nodes)
     return strategy
 
@@ -109,10 +118,10 @@ def test_aggregate_train_is_hand_computed_fedavg_and_records_weights() -> None:
     assert torch.allclose(aggregated["fc.bias"], torch.tensor([0.1, 9.9]))
     # train loss 0.1*2.0 + 0.3*1.0 + 0.6*0.5 = 0.8
     assert math.isclose(float(metrics[protocol.TRAIN_LOSS]), 0.8)  # type: ignore[arg-type]
-    assert strategy.round_weights == {
-        101: {1: pytest.approx(0.1)},
-        102: {1: pytest.approx(0.3)},
-        103: {1: pytest.approx(0.6)},
+    assert strategy.round_weights == {  # by partition id, not Flower node id
+        0: {1: pytest.approx(0.1)},
+        1: {1: pytest.approx(0.3)},
+        2: {1: pytest.approx(0.6)},
     }
     assert [m.metadata.src_node_id for m in strategy.last_train_replies] == [101, 102, 103]
 
@@ -130,9 +139,9 @@ def test_round_weights_accumulate_per_round_and_node() -> None:
     strategy.aggregate_train(2, second)
 
     # Assert
-    assert strategy.round_weights[101] == {1: pytest.approx(0.1), 2: pytest.approx(0.25)}
-    assert strategy.round_weights[102] == {1: pytest.approx(0.3)}
-    assert strategy.round_weights[103] == {1: pytest.approx(0.6), 2: pytest.approx(0.75)}
+    assert strategy.round_weights[0] == {1: pytest.approx(0.1), 2: pytest.approx(0.25)}
+    assert strategy.round_weights[1] == {1: pytest.approx(0.3)}
+    assert strategy.round_weights[2] == {1: pytest.approx(0.6), 2: pytest.approx(0.75)}
 
 
 def _bad_reply(kind: str, strategy: UnlearningFedAvg) -> Message:
@@ -184,7 +193,7 @@ def test_bad_reply_is_left_out_and_the_rest_aggregated(kind: str) -> None:
     aggregated = arrays.to_torch_state_dict()
     assert torch.allclose(aggregated["fc.weight"], _state(3.25)["fc.weight"])
     assert torch.isfinite(aggregated["fc.weight"]).all()
-    assert strategy.round_weights == {101: {1: pytest.approx(0.25)}, 102: {1: pytest.approx(0.75)}}
+    assert strategy.round_weights == {0: {1: pytest.approx(0.25)}, 1: {1: pytest.approx(0.75)}}
     assert [m.metadata.src_node_id for m in strategy.last_train_replies] == [101, 102]
 
 
@@ -243,6 +252,7 @@ def test_configure_train_messages_carry_federation_config_round_and_node_weights
     # Prepare
     strategy = _strategy(seed=4)
     strategy.aggregate_train(1, _good_replies(strategy))
+    flat = config_to_flat(strategy.config)
     config = ConfigRecord({"lr-scale": 0.5})
     arrays = ArrayRecord(_state(2.0))
 
@@ -256,10 +266,14 @@ def test_configure_train_messages_carry_federation_config_round_and_node_weights
     for message in messages:
         content = message.content
         assert message.metadata.message_type == protocol.TRAIN
-        assert dict(content[protocol.CONFIG]) == {"lr-scale": 0.5, protocol.SERVER_ROUND: 2}
+        assert dict(content[protocol.CONFIG]) == {
+            "lr-scale": 0.5,
+            protocol.SERVER_ROUND: 2,
+            protocol.LINEAGE: "run-test",
+        }
         federation = dict(content[protocol.FEDERATION])
-        assert federation == strategy.config.to_run_config()
-        assert FederationConfig.from_run_config(federation) == strategy.config
+        assert federation == flat
+        assert config_from_sections(unflatten_dict(federation)) == strategy.config
         weights = content[protocol.ROUND_WEIGHTS]
         assert list(weights[protocol.ROUNDS]) == [1]  # type: ignore[arg-type]
         assert list(weights[protocol.WEIGHTS]) == [pytest.approx(expected_weights[message.metadata.dst_node_id])]  # type: ignore[arg-type]
@@ -317,7 +331,7 @@ def _sampled_partitions(strategy: UnlearningFedAvg, server_round: int, nodes: di
 def test_seeded_sampling_is_reproducible_for_same_seed_and_round() -> None:
     # Prepare: a rerun (e.g. the retrain baseline) where Flower gave the nodes other ids
     renamed = {9000 + pid: pid for pid in SIX.values()}
-    first, rerun = _strategy(SIX, seed=3, fraction_train=0.5), _strategy(renamed, seed=3, fraction_train=0.5)
+    first, rerun = _strategy(SIX, seed=3, fraction=0.5), _strategy(renamed, seed=3, fraction=0.5)
 
     # Execute
     picks = [_sampled_partitions(first, r, SIX) for r in range(1, 9)]
@@ -332,7 +346,7 @@ def test_seeded_sampling_is_reproducible_for_same_seed_and_round() -> None:
 
 def test_sampling_depends_on_seed() -> None:
     # Prepare
-    a, b = _strategy(SIX, seed=0, fraction_train=0.5), _strategy(SIX, seed=1, fraction_train=0.5)
+    a, b = _strategy(SIX, seed=0, fraction=0.5), _strategy(SIX, seed=1, fraction=0.5)
 
     # Execute
     picks_a = [_sampled_partitions(a, r, SIX) for r in range(1, 9)]
@@ -345,7 +359,7 @@ def test_sampling_depends_on_seed() -> None:
 def test_sampling_skips_disconnected_departed_and_unknown_nodes() -> None:
     # Prepare
     strategy = _strategy(SIX)
-    strategy.departed.add(203)
+    strategy.depart(203)
     grid = FakeGrid([200, 201, 202, 203, 204, 999])  # 205 is offline, 999 never announced a partition
 
     # Execute
@@ -354,3 +368,69 @@ def test_sampling_skips_disconnected_departed_and_unknown_nodes() -> None:
     # Assert
     assert [m.metadata.dst_node_id for m in messages] == [200, 201, 202, 204]
     assert grid.calls == 1  # on a real Grid every call is a round trip
+
+
+# -------------------------------------------------------------- partition ids and reply order
+
+
+def test_replies_are_aggregated_in_partition_order_whatever_their_arrival_order() -> None:
+    # Prepare
+    ordered, shuffled = _strategy(), _strategy()
+    replies = _good_replies(shuffled)
+
+    # Execute
+    expected, _ = ordered.aggregate_train(1, _good_replies(ordered))
+    arrays, _ = shuffled.aggregate_train(1, [replies[2], replies[0], replies[1]])
+
+    # Assert: the same sum in the same order, so the very same floats
+    assert expected is not None and arrays is not None
+    for key, value in expected.to_torch_state_dict().items():
+        assert torch.equal(arrays.to_torch_state_dict()[key], value)
+    assert [m.metadata.src_node_id for m in shuffled.last_train_replies] == [101, 102, 103]
+
+
+def test_a_node_sent_a_train_message_whose_reply_is_unusable_gets_weight_zero() -> None:
+    # Prepare
+    strategy = _strategy()
+    list(strategy.configure_train(1, ArrayRecord(_state(0.0)), ConfigRecord(), FakeGrid(list(NODES))))
+    replies = _good_replies(strategy)[:2] + [_bad_reply("nan", strategy)]
+
+    # Execute
+    strategy.aggregate_train(1, replies)
+
+    # Assert
+    assert strategy.round_weights[2] == {1: 0.0}
+    assert strategy.trained_rounds(103) == [] and strategy.trained_rounds(101) == [1]
+
+
+def test_round_weights_and_departures_follow_the_partition_when_node_ids_change() -> None:
+    # Prepare: a resumed run, where Flower gave the same partitions new node ids
+    strategy = _strategy()
+    strategy.aggregate_train(1, _good_replies(strategy))
+    strategy.depart(102)
+    strategy.partition_of = {501: 0, 502: 1, 503: 2}
+
+    # Execute
+    weights = strategy.weights_record(503)
+    messages = list(strategy.configure_train(2, ArrayRecord(_state(0.0)), ConfigRecord(), FakeGrid([501, 502, 503])))
+
+    # Assert
+    assert list(weights[protocol.ROUNDS]) == [1]  # type: ignore[arg-type]
+    assert list(weights[protocol.WEIGHTS]) == [pytest.approx(0.6)]  # type: ignore[arg-type]
+    assert strategy.trained_rounds(501) == [1]
+    assert strategy.departed == {502} and strategy.departed_partitions == {1}
+    assert [m.metadata.dst_node_id for m in messages] == [501, 503]
+
+
+def test_every_message_carries_the_lineage() -> None:
+    # Prepare
+    strategy = _strategy()
+
+    # Execute
+    status = strategy.build_message(101, protocol.QUERY_STATUS, arrays=None, config=ConfigRecord())
+    evaluate = list(strategy.configure_evaluate(1, ArrayRecord(_state(0.0)), ConfigRecord(), FakeGrid(list(NODES))))
+
+    # Assert
+    assert status.content[protocol.CONFIG][protocol.LINEAGE] == "run-test"
+    assert protocol.ARRAYS not in status.content.array_records
+    assert all(m.content[protocol.CONFIG][protocol.LINEAGE] == "run-test" for m in evaluate)

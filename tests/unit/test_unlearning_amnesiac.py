@@ -11,12 +11,13 @@ import torch
 from torch import nn
 
 from fedunlearn.aggregation import add_scaled
-from fedunlearn.config import HistoryConfig, TrainConfig, UnlearnConfig
+from fedunlearn.config import HistoryConfig, TrainConfig
 from fedunlearn.data.indexed import IndexedDataset
 from fedunlearn.errors import UnlearningError
 from fedunlearn.history import HistoryStore, RoundRecorder, layer_keep_count
 from fedunlearn.training import train_local
 from fedunlearn.unlearning import ForgetRetainSplit, UnlearnContext, get_method
+from fedunlearn.unlearning.amnesiac import AmnesiacSettings
 
 TRAIN = TrainConfig(model="tiny", local_epochs=1, batch_size=8, lr=0.1, momentum=0.5)
 
@@ -77,13 +78,16 @@ def unlearn(
     model: nn.Module,
     split: ForgetRetainSplit,
     store: HistoryStore,
-    config: UnlearnConfig | None = None,
+    settings: AmnesiacSettings | None = None,
     **context: object,
 ):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return get_method(name)(
-            model, split=split, config=config or UnlearnConfig(), context=UnlearnContext(history=store, **context)
+            model,
+            split=split,
+            settings=settings or AmnesiacSettings(),
+            context=UnlearnContext(history=store, **context),
         )
 
 
@@ -92,11 +96,11 @@ def test_partial_amnesiac_with_keep_ratio_one_equals_amnesiac_exactly(tmp_path: 
     split = forget_split(data, [501, 517, 530])
 
     conventional = get_method("amnesiac")(
-        model, split=split, config=UnlearnConfig(finetune_epochs=0), context=UnlearnContext(history=store)
+        model, split=split, settings=AmnesiacSettings(finetune_epochs=0), context=UnlearnContext(history=store)
     )
     with pytest.warns(UserWarning, match="unpruned"):
         partial = get_method("partial_amnesiac")(
-            model, split=split, config=UnlearnConfig(), context=UnlearnContext(history=store)
+            model, split=split, settings=AmnesiacSettings(), context=UnlearnContext(history=store)
         )
 
     assert conventional.delta.keys() == partial.delta.keys()
@@ -160,7 +164,7 @@ def test_each_method_warns_when_the_history_suggests_the_other(tmp_path: Path) -
 
     with pytest.warns(UserWarning, match="partial amnesiac"):
         get_method("amnesiac")(
-            model, split=forget_split(data, [500]), config=UnlearnConfig(), context=UnlearnContext(history=store)
+            model, split=forget_split(data, [500]), settings=AmnesiacSettings(), context=UnlearnContext(history=store)
         )
 
 
@@ -176,7 +180,9 @@ def test_missing_history_is_an_error() -> None:
     model, data = tiny_model(), make_data()
 
     with pytest.raises(UnlearningError, match="needs the client's update history"):
-        get_method("amnesiac")(model, split=forget_split(data, [500]), config=UnlearnConfig(), context=UnlearnContext())
+        get_method("amnesiac")(
+            model, split=forget_split(data, [500]), settings=AmnesiacSettings(), context=UnlearnContext()
+        )
 
 
 def test_amnesiac_fine_tunes_on_retained_data_when_asked(tmp_path: Path) -> None:
@@ -184,7 +190,9 @@ def test_amnesiac_fine_tunes_on_retained_data_when_asked(tmp_path: Path) -> None
     split = forget_split(data, [500, 501])
 
     plain = unlearn("amnesiac", model, split, store)
-    tuned = unlearn("amnesiac", model, split, store, config=UnlearnConfig(finetune_epochs=2, batch_size=8, lr=0.05))
+    tuned = unlearn(
+        "amnesiac", model, split, store, settings=AmnesiacSettings(finetune_epochs=2, batch_size=8, lr=0.05)
+    )
 
     assert tuned.cost.forward_backward == 2 * 4  # 30 retained samples, batches of 8
     assert plain.cost.forward_backward == 0

@@ -7,13 +7,14 @@ import torch
 from torch import nn
 
 from fedunlearn.aggregation import add_scaled
-from fedunlearn.config import TrainConfig, UnlearnConfig
+from fedunlearn.config import TrainConfig
 from fedunlearn.data.indexed import IndexedDataset
 from fedunlearn.errors import UnlearningError
 from fedunlearn.training import train_local
 from fedunlearn.unlearning import ForgetRetainSplit, UnlearnContext, get_method
 from fedunlearn.unlearning.common import derive_generator
 from fedunlearn.unlearning.label_flip import relabel_wrong
+from fedunlearn.unlearning.steps import StepSettings
 
 TRAIN = TrainConfig(model="tiny", local_epochs=1, batch_size=8, lr=0.1)
 
@@ -50,7 +51,7 @@ def test_retrain_correction_turns_the_model_into_the_retrained_one() -> None:
     model, split = bn_model(), make_split()
     context = UnlearnContext(train_config=TRAIN, model_factory=bn_model, seed=4)
 
-    correction = get_method("retrain")(model, split=split, config=UnlearnConfig(epochs=2), context=context)
+    correction = get_method("retrain")(model, split=split, settings=StepSettings(epochs=2), context=context)
 
     torch.manual_seed(4)
     expected = bn_model()
@@ -71,7 +72,7 @@ def test_retrain_without_factory_or_train_config_is_an_error(missing: str) -> No
 
     with pytest.raises(UnlearningError, match=missing):
         get_method("retrain")(
-            tiny_model(), split=make_split(), config=UnlearnConfig(), context=UnlearnContext(**kwargs)
+            tiny_model(), split=make_split(), settings=StepSettings(), context=UnlearnContext(**kwargs)
         )
 
 
@@ -79,14 +80,14 @@ def test_retrain_rejects_a_factory_of_another_architecture() -> None:
     context = UnlearnContext(train_config=TRAIN, model_factory=lambda: nn.Linear(16, 3))
 
     with pytest.raises(UnlearningError, match="factory"):
-        get_method("retrain")(tiny_model(), split=make_split(), config=UnlearnConfig(), context=context)
+        get_method("retrain")(tiny_model(), split=make_split(), settings=StepSettings(), context=context)
 
 
 def test_finetune_descends_on_retained_data_only() -> None:
     model, split = tiny_model(), make_split()
-    config = UnlearnConfig(epochs=3, batch_size=64, lr=0.1)  # one batch per epoch
+    settings = StepSettings(epochs=3, batch_size=64, lr=0.1)  # one batch per epoch
 
-    correction = get_method("finetune")(model, split=split, config=config, context=UnlearnContext())
+    correction = get_method("finetune")(model, split=split, settings=settings, context=UnlearnContext())
 
     expected = gd_steps(tiny_model(), split.retain, steps=3, lr=0.1)
     for name, value in expected.state_dict().items():
@@ -97,7 +98,7 @@ def test_finetune_respects_max_steps() -> None:
     correction = get_method("finetune")(
         tiny_model(),
         split=make_split(),
-        config=UnlearnConfig(epochs=5, batch_size=4, max_steps=7),
+        settings=StepSettings(epochs=5, batch_size=4, max_steps=7),
         context=UnlearnContext(),
     )
 
@@ -106,9 +107,9 @@ def test_finetune_respects_max_steps() -> None:
 
 def test_random_label_descends_on_wrongly_labelled_forget_set_joined_with_retained_data() -> None:
     model, split = tiny_model(), make_split()
-    config = UnlearnConfig(epochs=2, batch_size=64, lr=0.1, max_steps=None)
+    settings = StepSettings(epochs=2, batch_size=64, lr=0.1, max_steps=None)
 
-    correction = get_method("random_label")(model, split=split, config=config, context=UnlearnContext(seed=9))
+    correction = get_method("random_label")(model, split=split, settings=settings, context=UnlearnContext(seed=9))
 
     flipped = relabel_wrong(split.forget, generator=derive_generator(9, "wrong-labels"))
     assert bool((flipped.labels != split.forget.labels).all())

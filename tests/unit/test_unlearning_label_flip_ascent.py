@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import pytest
 import torch
 from torch import nn
 
-from fedunlearn.config import UnlearnConfig
+from fedunlearn.config import MethodSettings
 from fedunlearn.data.indexed import IndexedDataset
 from fedunlearn.history import layer_keep_count
 from fedunlearn.unlearning import (
@@ -36,10 +37,19 @@ def make_split(n_forget: int = 6, n_retain: int = 20) -> ForgetRetainSplit:
     return ForgetRetainSplit(forget=data.select(torch.arange(n_forget)), retain=data.select(torch.arange(n_forget, n)))
 
 
-def unlearn(name: str, model: nn.Module, split: ForgetRetainSplit, config: UnlearnConfig, seed: int = 0) -> Correction:
+def settings_for(name: str, **values: object) -> MethodSettings:
+    """The settings of method ``name`` with ``values`` (keys another method's settings lack are
+    left out, so a naive method and its partial version can share one set of values)."""
+    settings_type = get_method(name).settings_type
+    fields = {f.name for f in dataclasses.fields(settings_type)}
+    return settings_type(**{k: v for k, v in values.items() if k in fields})
+
+
+def unlearn(name: str, model: nn.Module, split: ForgetRetainSplit, config: dict, seed: int = 0) -> Correction:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return get_method(name)(model, split=split, config=config, context=UnlearnContext(seed=seed))
+        settings = settings_for(name, **config)
+        return get_method(name)(model, split=split, settings=settings, context=UnlearnContext(seed=seed))
 
 
 def forget_loss(model: nn.Module, data: IndexedDataset) -> float:
@@ -62,7 +72,7 @@ def test_wrong_labels_are_never_the_true_label_and_cover_every_other_class() -> 
 
 def test_one_step_label_flip_is_minus_lr_times_the_gradient_on_the_flipped_batch() -> None:
     model, split = tiny_model(), make_split()
-    config = UnlearnConfig(epochs=1, batch_size=64, lr=0.1)  # one batch holds all of D_f: one step
+    config = dict(epochs=1, batch_size=64, lr=0.1)  # one batch holds all of D_f: one step
     flipped = relabel_wrong(split.forget, generator=derive_generator(0, "wrong-labels"))
     expected = gradient_step(
         tiny_model().eval(), flipped.inputs, flipped.labels, lr=0.1, ascent=False, what="t", step=0
@@ -80,7 +90,7 @@ def test_one_step_label_flip_is_minus_lr_times_the_gradient_on_the_flipped_batch
 )
 def test_partial_one_step_touches_only_its_layerwise_top_entries(naive: str, partial: str) -> None:
     model, split = tiny_model(), make_split()
-    config = UnlearnConfig(epochs=1, batch_size=64, lr=0.1, select_ratio=0.2)
+    config = dict(epochs=1, batch_size=64, lr=0.1, select_ratio=0.2)
 
     full = unlearn(naive, model, split, config)
     part = unlearn(partial, model, split, config)
@@ -113,7 +123,7 @@ def test_apply_step_with_random_selector_leaves_unselected_entries_bit_identical
 
 def test_partial_multi_step_runs_stay_within_the_union_of_per_step_selections() -> None:
     model, split = tiny_model(), make_split()
-    config = UnlearnConfig(epochs=2, batch_size=2, lr=0.05, select_ratio=0.1)
+    config = dict(epochs=2, batch_size=2, lr=0.05, select_ratio=0.1)
 
     correction = unlearn("partial_label_flip", model, split, config)
 
@@ -125,7 +135,7 @@ def test_partial_multi_step_runs_stay_within_the_union_of_per_step_selections() 
 
 def test_gradient_ascent_raises_the_forget_loss_and_label_flip_lowers_the_flipped_loss() -> None:
     model, split = tiny_model(), make_split()
-    config = UnlearnConfig(epochs=3, batch_size=4, lr=0.05)
+    config = dict(epochs=3, batch_size=4, lr=0.05)
 
     ascent = unlearn("gradient_ascent", model, split, config)
     flip = unlearn("label_flip", model, split, config)
@@ -141,7 +151,7 @@ def test_gradient_ascent_raises_the_forget_loss_and_label_flip_lowers_the_flippe
 def test_gradient_ascent_stops_before_any_step_when_fa_is_already_at_target() -> None:
     model, split = tiny_model(), make_split()
 
-    correction = unlearn("gradient_ascent", model, split, UnlearnConfig(target_fa=1.0, epochs=5))
+    correction = unlearn("gradient_ascent", model, split, dict(target_fa=1.0, epochs=5))
 
     assert correction.cost.forward_backward == 0
     assert correction.info["reached_target"] is True
@@ -150,7 +160,7 @@ def test_gradient_ascent_stops_before_any_step_when_fa_is_already_at_target() ->
 
 def test_gradient_ascent_budget_is_max_steps_when_target_is_not_reached() -> None:
     model, split = tiny_model(), make_split()
-    config = UnlearnConfig(target_fa=0.0, epochs=10, batch_size=2, max_steps=4, lr=1e-4)
+    config = dict(target_fa=0.0, epochs=10, batch_size=2, max_steps=4, lr=1e-4)
 
     correction = unlearn("partial_gradient_ascent", model, split, config)
 
@@ -164,13 +174,16 @@ def test_partial_methods_warn_when_nothing_is_pruned() -> None:
 
     with pytest.warns(UserWarning, match="select_ratio=1.0"):
         get_method("partial_gradient_ascent")(
-            model, split=split, config=UnlearnConfig(select_ratio=1.0, epochs=1), context=UnlearnContext()
+            model,
+            split=split,
+            settings=settings_for("partial_gradient_ascent", select_ratio=1.0, epochs=1),
+            context=UnlearnContext(),
         )
 
 
 def test_different_seeds_draw_different_wrong_labels() -> None:
     model, split = tiny_model(), make_split(n_forget=12)
-    config = UnlearnConfig(epochs=1, batch_size=64, lr=0.1)
+    config = dict(epochs=1, batch_size=64, lr=0.1)
 
     a, b = unlearn("label_flip", model, split, config, seed=0), unlearn("label_flip", model, split, config, seed=1)
 

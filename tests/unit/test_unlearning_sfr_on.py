@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from fedunlearn.config import UnlearnConfig
 from fedunlearn.data.indexed import IndexedDataset
 from fedunlearn.errors import UnknownNameError, UnlearningError
 from fedunlearn.unlearning import (
@@ -24,6 +23,7 @@ from fedunlearn.unlearning import (
     saliency_mask,
     salun_topk_mask,
 )
+from fedunlearn.unlearning.sfr_on import SFROnSettings
 
 
 def tiny_model() -> nn.Module:
@@ -144,13 +144,13 @@ def test_salun_topk_keeps_the_global_top_half_of_forget_gradients() -> None:
 
 def test_fast_steps_only_equal_manual_masked_adaptive_ascent() -> None:
     model, split = tiny_model(), make_split()
-    config = UnlearnConfig(
-        sfr_iters=4,
+    settings = SFROnSettings(
+        iters=4,
         forget_freq=1,
         batch_size=64,
         momentum=0.0,
         weight_decay=0.0,
-        sfr_lr=0.05,
+        lr=0.05,
         forget_scale=2.0,
         temperature=0.5,
         clip_norm=0.5,
@@ -159,7 +159,7 @@ def test_fast_steps_only_equal_manual_masked_adaptive_ascent() -> None:
         diagonal_fisher(model, split.forget, batch_size=64), diagonal_fisher(model, split.retain, batch_size=64)
     )
 
-    session = SFROnSession(model, forget=split.forget, retain=split.retain, mask=mask, config=config, seed=0)
+    session = SFROnSession(model, forget=split.forget, retain=split.retain, mask=mask, settings=settings, seed=0)
     session.run(remain=False)
 
     manual = tiny_model()
@@ -184,9 +184,9 @@ def test_fast_steps_only_equal_manual_masked_adaptive_ascent() -> None:
 
 def test_sfr_on_counts_fisher_passes_and_steps_in_its_cost() -> None:
     model, split = tiny_model(), make_split()
-    config = UnlearnConfig(sfr_iters=6, forget_freq=2, batch_size=8)
+    settings = SFROnSettings(iters=6, forget_freq=2, batch_size=8)
 
-    correction = get_method("sfr_on")(model, split=split, config=config, context=UnlearnContext(seed=1))
+    correction = get_method("sfr_on")(model, split=split, settings=settings, context=UnlearnContext(seed=1))
 
     extra = correction.cost.extra
     assert (extra["forget_steps"], extra["remain_steps"]) == (3, 6)
@@ -197,11 +197,13 @@ def test_sfr_on_counts_fisher_passes_and_steps_in_its_cost() -> None:
 
 def test_sfr_on_uses_the_given_remain_fisher_instead_of_computing_it() -> None:
     model, split = tiny_model(), make_split()
-    config = UnlearnConfig(sfr_iters=2, batch_size=8)
+    settings = SFROnSettings(iters=2, batch_size=8)
     forget_fisher = diagonal_fisher(model, split.forget, batch_size=8, shuffle_seed=0)
     given = {n: torch.full_like(f, float(f.median())) for n, f in forget_fisher.items()}
 
-    correction = get_method("sfr_on")(model, split=split, config=config, context=UnlearnContext(remain_fisher=given))
+    correction = get_method("sfr_on")(
+        model, split=split, settings=settings, context=UnlearnContext(remain_fisher=given)
+    )
 
     expected = saliency_mask(forget_fisher, given)
     fraction = sum(int(m.sum()) for m in expected.values()) / sum(m.numel() for m in expected.values())
@@ -214,7 +216,7 @@ def test_other_saliency_rules(rule: str, fraction: float) -> None:
     model, split = tiny_model(), make_split()
 
     correction = get_method("sfr_on")(
-        model, split=split, config=UnlearnConfig(sfr_iters=2, saliency=rule), context=UnlearnContext()
+        model, split=split, settings=SFROnSettings(iters=2, saliency=rule), context=UnlearnContext()
     )
 
     assert math.isclose(correction.cost.extra["mask_fraction"], fraction, abs_tol=0.01)
@@ -223,15 +225,13 @@ def test_other_saliency_rules(rule: str, fraction: float) -> None:
 def test_unknown_saliency_rule_lists_the_rules() -> None:
     with pytest.raises(UnknownNameError, match="fisher, none, salun_topk"):
         get_method("sfr_on")(
-            tiny_model(), split=make_split(), config=UnlearnConfig(saliency="magic"), context=UnlearnContext()
+            tiny_model(), split=make_split(), settings=SFROnSettings(saliency="magic"), context=UnlearnContext()
         )
 
 
 def test_session_rejects_iterations_outside_the_schedule() -> None:
     model, split = tiny_model(), make_split()
-    session = SFROnSession(
-        model, forget=split.forget, retain=None, mask=None, config=UnlearnConfig(sfr_iters=3), seed=0
-    )
+    session = SFROnSession(model, forget=split.forget, retain=None, mask=None, settings=SFROnSettings(iters=3), seed=0)
 
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
         session.forget_step(3)

@@ -43,13 +43,18 @@ def forget(message: Message, context: Context) -> Message:
     site = open_site(message, context)
     request = requested(site, message)
     remain = message.content.array_records.get(protocol.REMAIN_FISHER)
-    trained = message.content.config_records[protocol.CONFIG].get(protocol.TRAINED_ROUNDS, [])
+    config = message.content.config_records[protocol.CONFIG]
+    trained = config.get(protocol.TRAINED_ROUNDS, [])
+    fisher = None
+    if remain is not None:
+        count = float(config.get(protocol.REMAIN_FISHER_COUNT, 1.0))  # type: ignore[arg-type]
+        fisher = su.RemainFisher(dict(remain.to_torch_state_dict()), count)
     result = su.fast_correction(
         site,
         global_state(message),
         request,
         outer_step=config_int(message, protocol.STEP),
-        remain_fisher=dict(remain.to_torch_state_dict()) if remain is not None else None,
+        remain_fisher=fisher,
         trained_rounds=frozenset(int(r) for r in trained),  # type: ignore[union-attr]
     )
     cost = result.correction.cost
@@ -70,23 +75,33 @@ def forget(message: Message, context: Context) -> Message:
 
 
 def remain(message: Message, context: Context) -> Message:
-    """K CE steps on retained data from the fast weights (the forgetting client leaves D_f out)."""
+    """K CE steps on retained data from the fast weights (a requester leaves its D_f out), with
+    the method's own SGD when the message names one; with ``want-fisher`` also the Fisher
+    diagonal of the retained data at the weights received (the next step's saliency mask)."""
     site = open_site(message, context)
     exclude = None
     config = message.content.config_records[protocol.CONFIG]
     if protocol.EXCLUDE_REQUEST in config:
         request = requested(site, message, protocol.EXCLUDE_REQUEST)
         exclude = su.resolve_request(site, request)
+    optimizer = None
+    if protocol.REMAIN_LR in config:
+        keys = (protocol.REMAIN_LR, protocol.REMAIN_MOMENTUM, protocol.REMAIN_WEIGHT_DECAY)
+        optimizer = tuple(float(config[k]) for k in keys)  # type: ignore[arg-type]
+    state = global_state(message)
     delta, count = su.remain_correction(
         site,
-        global_state(message),
+        state,
         steps=config_int(message, protocol.REMAIN_STEPS),
         seed=config_int(message, protocol.SEED),
         exclude=exclude,
+        optimizer=optimizer,  # type: ignore[arg-type]
     )
     content = RecordDict(
         {protocol.ARRAYS: tensors_record(delta), protocol.METRICS: MetricRecord({protocol.NUM_EXAMPLES: count})}
     )
+    if config.get(protocol.WANT_FISHER, 0) and count > 0:
+        content[protocol.REMAIN_FISHER] = tensors_record(su.remain_fisher(site, state, exclude=exclude)[0])
     return Message(content, reply_to=message)
 
 

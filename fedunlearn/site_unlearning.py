@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import logging
 import math
 import time
@@ -25,8 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedunlearn.atomic import write_bytes_atomic
 from fedunlearn.criterion import CriterionResult, check_forgotten
+from fedunlearn.data import IndexedDataset
 from fedunlearn.deletion import DeletionReceipt, DeletionRequest
 from fedunlearn.errors import DeletionRequestError, HistoryError
 from fedunlearn.history import HistoryStore
@@ -48,8 +47,6 @@ from fedunlearn.unlearning.saliency import build_saliency_mask, diagonal_fisher
 from fedunlearn.unlearning.sfr_on import SFROnSettings
 
 logger = logging.getLogger(__name__)
-
-FISHER_MAX_BATCHES = 50
 
 
 def resolve_request(site: ClientSite, request: DeletionRequest) -> SampleIds:
@@ -100,7 +97,7 @@ def fast_correction(
     request: DeletionRequest,
     *,
     outer_step: int,
-    remain_fisher: dict[str, torch.Tensor] | None,
+    remain_fisher: RemainFisher | None,
     trained_rounds: frozenset[int] = frozenset(),
 ) -> FastResult:
     """Judge the weights ``state`` the server sent, then the change to make at ``outer_step``.
@@ -143,7 +140,7 @@ def fast_correction(
             history_weighted=True,
             train_config=site.config.train,
             seed=seed,
-            remain_fisher=remain_fisher,
+            remain_fisher=remain_fisher.values if remain_fisher is not None else None,
             model_factory=site.build_model,
         )
         correction = spec(model, split=split, settings=settings, context=context)
@@ -190,48 +187,62 @@ def _sfr_fast_share(
     split: ForgetRetainSplit,
     request: DeletionRequest,
     outer_step: int,
-    remain_fisher: dict[str, torch.Tensor] | None,
+    remain_fisher: RemainFisher | None,
     seed: int,
 ) -> Correction:
-    """Outer step s runs SFR-on iterations ``[s*n, (s+1)*n)`` (n = sfr_iters / outer_steps):
-    their forget steps here, their remain steps on the other clients (the slow part).
+    """Outer step s runs SFR-on iterations ``[s*n, (s+1)*n)`` (n = iters / outer_steps) here:
+    a forget step every ``forget_freq`` iterations and, with ``local_remain`` and retained
+    data, a remain step on this client's D_r in every iteration, under one optimizer and the
+    cosine schedule (the official loop on this client's data). The other clients' remain
+    steps are the slow part.
 
-    The saliency mask is built once (step 0, from local F_f and the server-averaged F_r of
-    the remaining clients) and kept in the state directory; the optimizer is fresh at each
-    outer step (momentum does not cross messages).
+    The saliency mask is rebuilt at every outer step from the weights received (F_f here;
+    F_r: the server's average over the remaining clients combined with this client's own
+    retained data, weighted by sample counts), so it follows θ, after a back-off too.
     """
     settings: SFROnSettings = method_settings(site.config.unlearn)
     per_step = max(1, math.ceil(settings.iters / settings.outer_steps))
     total = dataclasses.replace(settings, iters=per_step * settings.outer_steps)
     start = time.perf_counter()
-    mask, saliency_info = _phase_mask(site, model, split, request, remain_fisher, settings)
-    session = SFROnSession(model, forget=split.forget, retain=None, mask=mask, settings=total, seed=seed)
+    mask, info = _step_mask(site, model, split, remain_fisher, settings)
+    retain = split.retain if settings.local_remain and len(split.retain) else None
+    session = SFROnSession(model, forget=split.forget, retain=retain, mask=mask, settings=total, seed=seed)
     for t in range(outer_step * per_step, (outer_step + 1) * per_step):
-        if t % settings.forget_freq == 0:
-            session.forget_step(t)
-    cost = Cost(seconds=time.perf_counter() - start, forward_backward=session.forget_steps, extra=saliency_info)
+        session.iteration(t, remain=retain is not None)
+    steps = session.forget_steps + session.remain_steps
+    examples = steps * settings.batch_size
+    cost = Cost(seconds=time.perf_counter() - start, forward_backward=steps, examples=examples, extra=info)
     return Correction(
         "sfr_on", session.delta(), cost, {"iterations": [outer_step * per_step, (outer_step + 1) * per_step]}
     )
 
 
-def _phase_mask(
+@dataclass(frozen=True)
+class RemainFisher:
+    """The remaining clients' averaged diagonal Fisher and how many samples it covers."""
+
+    values: dict[str, torch.Tensor]
+    count: float
+
+
+def _step_mask(
     site: ClientSite,
     model: torch.nn.Module,
     split: ForgetRetainSplit,
-    request: DeletionRequest,
-    remain_fisher: dict[str, torch.Tensor] | None,
+    remain_fisher: RemainFisher | None,
     settings: SFROnSettings,
 ) -> tuple[dict[str, torch.Tensor] | None, dict[str, float]]:
-    path = site.state_dir / "unlearning" / f"{request.request_id}.mask.pt"
-    if path.exists():
-        return torch.load(path, weights_only=True), {}
-    context = UnlearnContext(remain_fisher=remain_fisher)
-    result = build_saliency_mask(model, split=split, config=settings, context=context)
-    if result.mask is not None:
-        buffer = io.BytesIO()
-        torch.save(result.mask, buffer)
-        write_bytes_atomic(path, buffer.getvalue())
+    """SFR-on's saliency mask at the current weights, F_r over all retained data."""
+    combined = None
+    if remain_fisher is not None:
+        combined = remain_fisher.values
+        if len(split.retain):
+            own = diagonal_fisher(
+                model, split.retain, batch_size=settings.batch_size, max_batches=settings.fisher_max_batches
+            )
+            n, m = remain_fisher.count, float(len(split.retain))
+            combined = {k: (v * n + own[k] * m) / (n + m) for k, v in remain_fisher.values.items()}
+    result = build_saliency_mask(model, split=split, config=settings, context=UnlearnContext(remain_fisher=combined))
     return result.mask, {
         "mask_fraction": result.fraction,
         "fisher_seconds": result.seconds,
@@ -246,35 +257,52 @@ def phase_seed(site: ClientSite, request: DeletionRequest, outer_step: int) -> i
 
 
 def remain_correction(
-    site: ClientSite, state: StateDict, *, steps: int, seed: int, exclude: SampleIds | None = None
+    site: ClientSite,
+    state: StateDict,
+    *,
+    steps: int,
+    seed: int,
+    exclude: SampleIds | None = None,
+    optimizer: tuple[float, float, float] | None = None,
 ) -> tuple[Delta, int]:
     """K CE steps on this client's retained data (minus ``exclude``) from ``state``; returns
-    the change and how many samples it drew from (the FedAvg weight of the slow step)."""
-    retained = site.retained()
-    if exclude is not None and len(exclude):
-        retained = retained.without_ids(exclude)
+    the change and how many samples it drew from (the FedAvg weight of the slow step).
+
+    ``optimizer`` is the (lr, momentum, weight decay) of the method's own slow steps (SFR-on);
+    None: the training's SGD.
+    """
+    retained = _retained_without(site, exclude)
     train = site.config.train
     if len(retained) == 0:  # nothing kept (a client-level request): no slow step from this client
         return {k: torch.zeros_like(v) for k, v in state.items() if v.is_floating_point()}, 0
+    lr, momentum, decay = optimizer or (train.lr, train.momentum, train.weight_decay)
     delta = remain_steps(
         site.build_model(state),
         retained,
         steps=steps,
-        lr=train.lr,
+        lr=lr,
         batch_size=train.batch_size,
         seed=seed,
-        momentum=train.momentum,
+        momentum=momentum,
+        weight_decay=decay,
     )
     return delta, len(retained)
 
 
-def remain_fisher(site: ClientSite, state: StateDict) -> tuple[dict[str, torch.Tensor], int]:
-    """Diagonal Fisher of CE on this client's retained data (at most FISHER_MAX_BATCHES batches)."""
+def _retained_without(site: ClientSite, exclude: SampleIds | None) -> IndexedDataset:
     retained = site.retained()
+    return retained.without_ids(exclude) if exclude is not None and len(exclude) else retained
+
+
+def remain_fisher(
+    site: ClientSite, state: StateDict, *, exclude: SampleIds | None = None
+) -> tuple[dict[str, torch.Tensor], int]:
+    """Diagonal Fisher of CE on this client's retained data (minus ``exclude``), over all of it
+    unless ``unlearn.sfr_on.fisher-max-batches`` caps the pass; and the sample count."""
+    retained = _retained_without(site, exclude)
     settings: SFROnSettings = method_settings(site.config.unlearn, "sfr_on")
-    fisher = diagonal_fisher(
-        site.build_model(state), retained, batch_size=settings.batch_size, max_batches=FISHER_MAX_BATCHES
-    )
+    model = site.build_model(state)
+    fisher = diagonal_fisher(model, retained, batch_size=settings.batch_size, max_batches=settings.fisher_max_batches)
     return fisher, len(retained)
 
 

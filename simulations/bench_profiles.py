@@ -179,12 +179,7 @@ METHOD_SETTINGS: Mapping[str, Mapping[str, Any]] = {
         "unlearn.partial_label_flip.epochs": 5,
         "unlearn.partial_label_flip.lr": 0.05,
     },
-    "sfr_on": {
-        "unlearn.sfr_on.outer-steps": 3,
-        "unlearn.sfr_on.remain-steps": 5,
-        "unlearn.sfr_on.iters": 60,
-        "unlearn.sfr_on.forget-scale": 5.0,
-    },
+    "sfr_on": {"unlearn.sfr_on.outer-steps": 3, "unlearn.sfr_on.remain-steps": 5, "unlearn.sfr_on.iters": 60},
 }
 #: Verification targets of the benchmark: forget down to RT's level where it can be known.
 _TARGETS = {"unlearn.asr-target": 0.02, "unlearn.class-target-fa": 0.02}

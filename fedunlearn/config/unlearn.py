@@ -27,6 +27,12 @@ class MethodSettings:
     outer_steps: int = 3
     remain_steps: int = 5
 
+    def slow_optimizer(self, outer_step: int) -> tuple[float, float, float] | None:
+        """The slow steps' SGD (lr, momentum, weight decay) at ``outer_step``; None: the
+        training's own (``train.*``). A method whose remain steps belong to its own
+        optimizer (SFR-on) says so here."""
+        return None
+
     def __post_init__(self) -> None:
         checks = Checks()
         self.check(checks)

@@ -62,6 +62,14 @@ class SFROnSettings(MethodSettings):
     ``saliency_gamma``, and the one optimizer of both kinds of step: ``lr`` (cosine-annealed
     over ``iters``), ``momentum``, ``weight_decay``, ``batch_size``. Defaults are the
     official code's, with ``iters`` scaled down from 1500.
+
+    Federated (documented deviations, each a setting): ``local_remain`` has the forgetting
+    client interleave the remain steps of its iterations on its own retained data, under the
+    one optimizer, as the official loop does (False: its forget steps back to back); the
+    other clients run the remain steps as the slow part with this same SGD (``slow_optimizer``:
+    ``lr`` cosine-annealed at the outer step's iterations, ``momentum``, ``weight_decay``),
+    a fresh optimizer state per outer step (momentum does not cross messages).
+    ``fisher_max_batches`` caps the Fisher passes (None: all of the retained data).
     """
 
     iters: int = 150
@@ -75,6 +83,14 @@ class SFROnSettings(MethodSettings):
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 128
+    local_remain: bool = True
+    fisher_max_batches: int | None = None
+
+    def slow_optimizer(self, outer_step: int) -> tuple[float, float, float] | None:
+        """SFR-on's SGD at the middle of ``outer_step``'s iterations (cosine-annealed lr)."""
+        per_step = max(1, math.ceil(self.iters / self.outer_steps))
+        middle = min(self.iters - 1, outer_step * per_step + per_step // 2)
+        return self.lr * cosine_factor(middle, self.iters), self.momentum, self.weight_decay
 
     def check(self, checks: Checks) -> None:
         """Add SFR-on's problems."""
@@ -86,6 +102,7 @@ class SFROnSettings(MethodSettings):
         checks.non_negative("forget-scale", self.forget_scale)
         checks.non_negative("weight-decay", self.weight_decay)
         checks.in_range("momentum", self.momentum, 0.0, 1.0)
+        checks.at_least("fisher-max-batches", self.fisher_max_batches, 1, optional=True)
 
 
 def adaptive_weights(losses: torch.Tensor, temperature: float) -> torch.Tensor:

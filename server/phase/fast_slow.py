@@ -31,7 +31,7 @@ from flwr.common import log
 from flwr.serverapp import Grid
 
 from fedunlearn import protocol
-from fedunlearn.aggregation import add_scaled, fast_slow_step, fedavg_weights, weighted_sum
+from fedunlearn.aggregation import add_scaled, check_state, fast_slow_step, fedavg_weights, weighted_sum
 from fedunlearn.unlearning import MethodSpec, get_method, method_settings
 from server.phase.exchange import Exchange, PhaseAborted, PhaseStats, exchange
 from server.replies import EXPECT_FISHER, EXPECT_FORGET, EXPECT_REMAIN, Expect, metric, optional_metric
@@ -75,6 +75,7 @@ class _Loop:
     remaining: list[int]
     ta_floor: float
     fisher: ArrayRecord | None = None
+    fisher_count: float = 0.0
     first: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # per requester (strengthen "scale")
     keeps_data: dict[int, bool] = field(default_factory=dict)
     strength: float = 1.0
@@ -99,7 +100,9 @@ class PhaseLoop:
         self.loop.ta_floor = self.ta_before - cfg.max_ta_drop
         self.result = LoopResult(dict(state.arrays.to_torch_state_dict()))
         if self.spec.traits.needs_remain_fisher:
-            self.loop.fisher = remain_fisher(grid, state, self.loop.remaining, self.result.theta, stats)
+            self.loop.fisher, self.loop.fisher_count = remain_fisher(
+                grid, state, self.loop.remaining, self.result.theta, stats
+            )
 
     @property
     def allowed_drop(self) -> float:
@@ -199,7 +202,7 @@ def _fast(loop: _Loop, result: LoopResult, step: int) -> dict[str, torch.Tensor]
         requests=ids,
         step=step,
         arrays=ArrayRecord(result.theta),
-        fisher=loop.fisher,
+        fisher=_fisher(loop),
     )
     name = f"fast {step + 1} ({loop.spec.name}, {len(ids)} request(s))"
     replies = exchange(loop.grid, loop.state, Exchange(name, list(ids), build, True, EXPECT_FORGET), loop.stats)
@@ -212,8 +215,8 @@ def _fast_and_slow(loop: _Loop, result: LoopResult, step: int) -> tuple[dict[str
     ids, strategy = dict(loop.requests), loop.state.strategy
     arrays = ArrayRecord(result.theta)
     remain = strategy.sample_remaining(loop.remaining, step, include=[])
-    forget = functools.partial(_forget_message, strategy, requests=ids, step=step, arrays=arrays, fisher=loop.fisher)
-    slow = functools.partial(_remain_message, strategy, requests=ids, step=step, arrays=arrays)
+    forget = functools.partial(_forget_message, strategy, requests=ids, step=step, arrays=arrays, fisher=_fisher(loop))
+    slow = functools.partial(_remain_message, strategy, requests=ids, step=step, arrays=arrays, spec=loop.spec)
     nodes = [*ids, *remain] if loop.spec.traits.fast != "none" else remain
 
     def build(node: int) -> Message:
@@ -292,7 +295,9 @@ def _slow(loop: _Loop, result: LoopResult, step: int, theta_fast: dict[str, torc
     keeping = [node for node, _ in loop.requests if loop.keeps_data.get(node, True)]
     nodes = strategy.sample_remaining(loop.remaining, step, include=keeping)
     arrays = ArrayRecord(theta_fast)
-    build = functools.partial(_remain_message, strategy, requests=dict(loop.requests), step=step, arrays=arrays)
+    build = functools.partial(
+        _remain_message, strategy, requests=dict(loop.requests), step=step, arrays=arrays, spec=loop.spec
+    )
     replies = exchange(
         loop.grid, loop.state, Exchange(f"slow {step + 1}", nodes, build, False, EXPECT_REMAIN), loop.stats
     )
@@ -310,7 +315,26 @@ def _take_remain(loop: _Loop, result: LoopResult, step: int, replies: dict[int, 
     batch = loop.state.config.train.batch_size
     result.client_examples += sum(min(settings.remain_steps * batch, int(w) * settings.remain_steps) for _, w in usable)
     deltas = [dict(r.content.array_records[protocol.ARRAYS].to_torch_state_dict()) for r, _ in usable]
+    if loop.spec.traits.needs_remain_fisher:
+        _refresh_fisher(loop, usable)
     return _Slow(deltas, [w for _, w in usable])
+
+
+def _refresh_fisher(loop: _Loop, usable: list[tuple[Message, float]]) -> None:
+    """The remaining clients' Fisher at the weights of this slow step: the next mask's F_r
+    (replies without a usable one are left out; none usable keeps the previous F_r)."""
+    reference = {name: p.detach() for name, p in loop.state.model.named_parameters()}
+    found = []
+    for reply, weight in usable:
+        record = reply.content.array_records.get(protocol.REMAIN_FISHER)
+        if record is None:
+            continue
+        values = dict(record.to_torch_state_dict())
+        if not check_state(values, reference) and all(bool((v >= 0).all()) for v in values.values()):
+            found.append((values, weight))
+    if found:
+        loop.fisher = ArrayRecord(weighted_sum([v for v, _ in found], fedavg_weights([w for _, w in found])))
+        loop.fisher_count = float(sum(w for _, w in found))
 
 
 def _combine(
@@ -332,10 +356,15 @@ def _by_partition(state: ServerState) -> Any:
     return lambda item: state.strategy.partition_of.get(item[0], -1)
 
 
+def _fisher(loop: _Loop) -> tuple[ArrayRecord, float] | None:
+    return (loop.fisher, loop.fisher_count) if loop.fisher is not None else None
+
+
 def remain_fisher(
     grid: Grid, state: ServerState, nodes: list[int], theta: dict[str, torch.Tensor], stats: PhaseStats
-) -> ArrayRecord:
-    """Remaining clients' diagonal Fisher, averaged by their sample counts (F_r of the mask)."""
+) -> tuple[ArrayRecord, float]:
+    """Remaining clients' diagonal Fisher averaged by their sample counts (F_r of the mask),
+    and the samples it covers."""
     strategy = state.strategy
     arrays = ArrayRecord(theta)
     replies = exchange(
@@ -355,7 +384,7 @@ def remain_fisher(
     ordered = [r for _, r in sorted(replies.items(), key=_by_partition(state))]
     fishers = [r.content.array_records[protocol.ARRAYS].to_torch_state_dict() for r in ordered]
     counts = [metric(r, protocol.NUM_EXAMPLES) for r in ordered]
-    return ArrayRecord(weighted_sum(fishers, fedavg_weights(counts)))
+    return ArrayRecord(weighted_sum(fishers, fedavg_weights(counts))), float(sum(counts))
 
 
 def _forget_message(
@@ -365,29 +394,41 @@ def _forget_message(
     requests: dict[int, str],
     step: int,
     arrays: ArrayRecord,
-    fisher: ArrayRecord | None,
+    fisher: tuple[ArrayRecord, float] | None,
 ) -> Message:
-    config = ConfigRecord(
-        {
-            protocol.REQUEST_ID: requests[node],
-            protocol.STEP: step,
-            protocol.TRAINED_ROUNDS: strategy.trained_rounds(node),
-        }
-    )
-    message = strategy.build_message(node, protocol.TRAIN_FORGET, arrays=arrays, config=config)
+    values: dict[str, Any] = {
+        protocol.REQUEST_ID: requests[node],
+        protocol.STEP: step,
+        protocol.TRAINED_ROUNDS: strategy.trained_rounds(node),
+    }
     if fisher is not None:
-        message.content[protocol.REMAIN_FISHER] = fisher
+        values[protocol.REMAIN_FISHER_COUNT] = fisher[1]
+    message = strategy.build_message(node, protocol.TRAIN_FORGET, arrays=arrays, config=ConfigRecord(values))
+    if fisher is not None:
+        message.content[protocol.REMAIN_FISHER] = fisher[0]
     return message
 
 
 def _remain_message(
-    strategy: UnlearningFedAvg, node: int, *, requests: dict[int, str], step: int, arrays: ArrayRecord
+    strategy: UnlearningFedAvg,
+    node: int,
+    *,
+    requests: dict[int, str],
+    step: int,
+    arrays: ArrayRecord,
+    spec: MethodSpec[Any],
 ) -> Message:
+    settings = method_settings(strategy.config.unlearn)
     values: dict[str, Any] = {
-        protocol.REMAIN_STEPS: method_settings(strategy.config.unlearn).remain_steps,
+        protocol.REMAIN_STEPS: settings.remain_steps,
         protocol.STEP: step,
         protocol.SEED: strategy.config.seed * 7919 + step * 101 + strategy.partition_of.get(node, 0),
+        protocol.WANT_FISHER: int(spec.traits.needs_remain_fisher),
     }
+    optimizer = settings.slow_optimizer(step)
+    if optimizer is not None:  # the method's own SGD for its remain steps (SFR-on)
+        keys = (protocol.REMAIN_LR, protocol.REMAIN_MOMENTUM, protocol.REMAIN_WEIGHT_DECAY)
+        values.update(zip(keys, optimizer, strict=True))
     if node in requests:  # a requester corrects on its retained data, without what it asked to forget
         values[protocol.EXCLUDE_REQUEST] = requests[node]
     return strategy.build_message(node, protocol.TRAIN_REMAIN, arrays=arrays, config=ConfigRecord(values))

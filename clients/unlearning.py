@@ -44,7 +44,7 @@ def forget(message: Message, context: Context) -> Message:
     request = requested(site, message)
     remain = message.content.array_records.get(protocol.REMAIN_FISHER)
     config = message.content.config_records[protocol.CONFIG]
-    trained = config.get(protocol.TRAINED_ROUNDS, [])
+    trained = config.get(protocol.TRAINED_ROUNDS)
     fisher = None
     if remain is not None:
         count = float(config.get(protocol.REMAIN_FISHER_COUNT, 1.0))  # type: ignore[arg-type]
@@ -55,7 +55,7 @@ def forget(message: Message, context: Context) -> Message:
         request,
         outer_step=config_int(message, protocol.STEP),
         remain_fisher=fisher,
-        trained_rounds=frozenset(int(r) for r in trained),  # type: ignore[union-attr]
+        trained_rounds=None if trained is None else frozenset(int(r) for r in trained),  # type: ignore[union-attr]
     )
     cost = result.correction.cost
     metrics = MetricRecord(

@@ -133,7 +133,7 @@ def file_deletion(deployment: LocalDeployment, plan: DeletionPlan) -> tuple[str,
     argv = [
         sys.executable,
         "-m",
-        "fedunlearn.cli",
+        "simulations.cli",
         "forget",
         "--state-dir",
         str(node.state_dir),
@@ -176,7 +176,7 @@ def run_federation(
             f"the deletion is filed after round {deletion.after_round}, so the run needs more than "
             f"{deletion.after_round} rounds (train.rounds={config.train.rounds})"
         )
-    config = dataclasses.replace(config, out_dir=str(deployment.server_dir))
+    config = dataclasses.replace(config, run=dataclasses.replace(config.run, out_dir=str(deployment.server_dir)))
     start = time.monotonic()
     watch = RunWatch(deployment.start_run(stage_app(deployment.root / "app", config)), echo)
     request: tuple[str, Path | None] | None = None

@@ -213,9 +213,12 @@ class ClientSite:
                 recorder if full is None else FanOut(recorder, stack.enter_context(full.record_round(server_round)))
             )
             result = train_local(model, data, config=self.config.train, seed=seed, observer=observer)
-        usage = store.usage()
-        round_bytes = next((r.bytes for r in usage.rounds if r.round == server_round), 0)
-        return RoundOutcome(model.state_dict(), result, usage, round_bytes)
+        round_bytes = next((r.bytes for r in store.usage().rounds if r.round == server_round), 0)
+        budget = self.config.history.budget_mb
+        if budget is not None:
+            for kept in (s for s in (store, full) if s is not None):
+                enforce_budget(kept, max_bytes=int(budget * 1_000_000))
+        return RoundOutcome(model.state_dict(), result, store.usage(), round_bytes)
 
     def record_round_weights(self, rounds: list[int], weights: list[float]) -> None:
         """Store the FedAvg weights the server reports (idempotent; unknown rounds ignored)."""
@@ -256,3 +259,37 @@ def corrupted_ids(config: FederationConfig, clean: IndexedDataset) -> SampleIds:
     return select_poison_ids(
         clean, fraction=experiment.corrupt_fraction, target_label=experiment.trigger_target, seed=config.seed
     )
+
+
+EVICTED_FILE = "evicted.json"
+
+
+def evicted_rounds(history_dir: Path) -> set[int]:
+    """Rounds a history's storage budget dropped on purpose (``history.budget-mb``)."""
+    path = history_dir / EVICTED_FILE
+    return set(json.loads(path.read_text(encoding="utf-8"))) if path.exists() else set()
+
+
+def enforce_budget(store: HistoryStore, *, max_bytes: int) -> list[int]:
+    """Drop the oldest rounds until the history fits ``max_bytes`` (the newest round always
+    stays); the dropped rounds are listed in ``evicted.json`` first, so a crash in between
+    never leaves a round missing without a record. Returns the rounds dropped.
+
+    The choice, documented in README: at the budget, the oldest rounds go. A later request
+    whose samples were trained in them is unlearned from the rounds that remain; the verified
+    phase strengthens that correction until the client's criterion holds, or the request
+    stays open with the reason.
+    """
+    usage = store.usage()
+    over, dropped = usage.disk_bytes - max_bytes, []
+    for row in usage.rounds[:-1]:
+        if over <= 0:
+            break
+        dropped.append(row.round)
+        over -= row.bytes
+    if dropped:
+        write_json_atomic(store.directory / EVICTED_FILE, sorted(evicted_rounds(store.directory) | set(dropped)))
+        for r in dropped:
+            store.discard_round(r)
+        logger.info("history budget: dropped round(s) %s of %s", dropped, store.directory)
+    return dropped

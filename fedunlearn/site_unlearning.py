@@ -30,7 +30,7 @@ from fedunlearn.deletion import DeletionReceipt, DeletionRequest
 from fedunlearn.errors import DeletionRequestError, HistoryError
 from fedunlearn.history import HistoryStore
 from fedunlearn.metrics import accuracy
-from fedunlearn.site import ClientSite, round_seed
+from fedunlearn.site import ClientSite, evicted_rounds, round_seed
 from fedunlearn.types import Delta, SampleIds, StateDict
 from fedunlearn.unlearning import (
     Correction,
@@ -98,7 +98,7 @@ def fast_correction(
     *,
     outer_step: int,
     remain_fisher: RemainFisher | None,
-    trained_rounds: frozenset[int] = frozenset(),
+    trained_rounds: frozenset[int] | None = None,
 ) -> FastResult:
     """Judge the weights ``state`` the server sent, then the change to make at ``outer_step``.
 
@@ -110,8 +110,10 @@ def fast_correction(
     it; ``fast="spread"`` (SFR-on) runs its share of masked adaptive ascent at every step;
     ``fast="none"`` sends nothing. History methods read the history their trait names,
     scaled by the FedAvg round weights the server reported; ``trained_rounds`` are the rounds
-    the server says this client's update entered the model, and a history missing any of
-    them stops the phase (HistoryError): no correction from a history that is not there.
+    the server says this client's update entered the model (None: not said), and a history
+    missing any of them stops the phase (HistoryError): no correction from a history that is
+    not there. When the server says none did (the client was never sampled, or its updates
+    were all lost), history methods have nothing to undo and send no change.
     """
     spec = get_method(site.config.unlearn.method)
     settings = method_settings(site.config.unlearn)
@@ -128,6 +130,8 @@ def fast_correction(
         correction = _sfr_fast_share(site, model, split, request, outer_step, remain_fisher, seed)
     elif not once:
         correction = _zero(spec.name, state, "this method sends no fast change at this step")
+    elif history is None and trained_rounds is not None and not trained_rounds and _reads_history(spec):
+        correction = _zero(spec.name, state, "this client's updates never entered the model: nothing to undo")
     elif len(split.retain) == 0 and spec.needs_retain(settings):
         correction = _zero(spec.name, state, "no retained data on this client; the slow steps do the work")
     elif history is not None and not history.affected_steps(split.forget.ids()):
@@ -152,17 +156,22 @@ def _zero(method: str, state: StateDict, why: str) -> Correction:
     return Correction(method, zero, Cost(), {"skipped": why})
 
 
+def _reads_history(spec: MethodSpec[Any]) -> bool:
+    return spec.traits.history in ("pruned", "dense")
+
+
 def _history_for(
-    site: ClientSite, model: torch.nn.Module, spec: MethodSpec[Any], trained_rounds: frozenset[int]
+    site: ClientSite, model: torch.nn.Module, spec: MethodSpec[Any], trained_rounds: frozenset[int] | None
 ) -> HistoryStore | None:
     """The history the method's trait names, checked to hold every round this client trained in.
 
     A missing history, or one without a round in which this client's update entered the
-    model, raises HistoryError: a zero correction from a history that is not there would be
-    receipted as unlearning.
+    model (other than rounds its storage budget dropped on purpose), raises HistoryError: a
+    zero correction from a history that is not there would be receipted as unlearning. A
+    client whose updates never entered the model (never sampled) needs no history.
     """
-    if spec.traits.history not in ("pruned", "dense"):
-        return None
+    if not _reads_history(spec) or trained_rounds == frozenset():
+        return None  # no history to read, or none to undo: this client's updates never entered the model
     full = spec.traits.history == "dense"
     config = dataclasses.replace(site.config.history, keep_ratio=1.0) if full else site.config.history
     directory = site.full_history_dir if full else site.history_dir
@@ -171,12 +180,15 @@ def _history_for(
         store = HistoryStore.open_existing(directory, model=model, config=config)
     except HistoryError as err:
         raise HistoryError(f"{spec.name} reads the {spec.traits.history} update history{hint}: {err}") from None
-    missing = sorted(trained_rounds - set(store.rounds()))
-    if missing or (trained_rounds and store.is_empty):
+    if trained_rounds is None:  # not said: at least some history must be there
+        missing = "any round" if store.is_empty else ""
+    else:
+        rounds = sorted(trained_rounds - set(store.rounds()) - evicted_rounds(directory))
+        missing = f"round(s) {rounds[:10]}, in which this client's update entered the model" if rounds else ""
+    if missing:
         raise HistoryError(
-            f"the {spec.traits.history} update history holds no record of round(s) {missing[:10]}, in which this "
-            "client's update entered the model; a correction from it would not undo them. Restore the history "
-            "from backup, or serve the request with a method that needs no history"
+            f"the {spec.traits.history} update history holds no record of {missing}; a correction from it would "
+            "not undo them. Restore the history from backup, or serve the request with a method that needs no history"
         )
     return store
 

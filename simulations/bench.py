@@ -14,6 +14,7 @@ PNG plots are then (re)written from every finished cell.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ from fedunlearn.errors import FedUnlearnError
 from fedunlearn.run_config import config_from_sections
 from simulations import out_dir
 from simulations.bench_profiles import PROFILES, BenchCell, Profile, class_major, with_seeds
-from simulations.comparison import Comparison, plan_runs
+from simulations.comparison import Comparison, plan_runs, training_signature
 from simulations.driver import EngineRun, Interrupted, run_simulation_of
 from simulations.preflight import preflight
 from simulations.scoring import score_comparison
@@ -86,6 +87,20 @@ def plan(profile: Profile, out: Path, *, data_root: str | None, patterns: Sequen
             if item.status == "pending" and cell_file(out, item.cell_id).exists():
                 item.status = "done"
             planned.append(item)
+    return _share_trunks(planned)
+
+
+def _share_trunks(planned: list[Planned]) -> list[Planned]:
+    """Cells whose federation trains the same way share one trunk: the first trains it, the
+    others copy it (their RT and label runs stay their own)."""
+    first: dict[str, Planned] = {}
+    for item in planned:
+        if item.comparison is None:
+            continue
+        signature = training_signature(item.comparison)
+        owner = first.setdefault(signature, item)
+        if owner is not item and owner.comparison is not None:
+            item.comparison = dataclasses.replace(item.comparison, trunk_source=owner.comparison.run_dir("trunk"))
     return planned
 
 

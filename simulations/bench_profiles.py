@@ -216,7 +216,62 @@ QUICK = Profile(
     method_settings=METHOD_SETTINGS,
 )
 
-PROFILES: Mapping[str, Profile] = {p.name: p for p in (QUICK, EVIDENCE)}
+_FULL_MNIST = {
+    **_LENET,
+    "data.num-clients": 10,
+    "data.samples-per-client": "",
+    "data.test-samples": "",
+    "train.rounds": 20,
+    "train.local-epochs": 1,
+    "train.batch-size": 64,
+    "history.keep-ratio": 0.02,
+    "history.dtype": "float16",
+}
+
+
+def _concurrent(clients: int) -> BenchCell:
+    entries = ";".join(f"{{R}}:{k}:sample:0.01" for k in range(1, clients + 1))
+    return BenchCell(f"concurrent-{clients}", f"clients 1-{clients} each delete 1% of their records at once", entries)
+
+
+#: Issue "unlearning at a thousandth of retraining's cost": full MNIST, 10 clients, 20 rounds.
+#: Sample, class and client deletions after the last round, concurrent requests, a history
+#: budget, and 100 clients with client sampling.
+COST = Profile(
+    name="cost",
+    cells=(
+        BenchCell("sample-1pct", "client 1 deletes a random 1% of its records", "{R}:1:sample:0.01"),
+        *(
+            c
+            for c in _cells(sample_share=0.05, backdoor_share=0.5, mislabel_epochs=1)
+            if c.name != "mislabelled-samples" and c.name != "backdoor-client-dirichlet"
+        ),
+        _concurrent(2),
+        _concurrent(9),
+        BenchCell(
+            "poisoned-budget",
+            "as poisoned-samples, each client's history capped at 5 MB (its oldest rounds dropped)",
+            "{R}:1:corrupted",
+            {
+                "experiment.corrupt-client": 1,
+                "experiment.corrupt-kind": "trigger",
+                "experiment.corrupt-fraction": 0.05,
+                "history.budget-mb": 5.0,
+            },
+        ),
+        BenchCell(
+            "clients-100",
+            "100 clients, 20% sampled per round: client 0 (sampled once) and client 5 (never sampled) delete 5%",
+            "{R}:0:sample:0.05;{R}:5:sample:0.05",
+            {"data.num-clients": 100, "train.fraction": 0.2, "train.rounds": 5},
+        ),
+    ),
+    seeds=(0,),
+    settings={**_FULL_MNIST, **_TARGETS},
+    method_settings=METHOD_SETTINGS,
+)
+
+PROFILES: Mapping[str, Profile] = {p.name: p for p in (QUICK, EVIDENCE, COST)}
 
 
 def with_seeds(profile: Profile, seeds: tuple[int, ...]) -> Profile:

@@ -20,7 +20,7 @@ import numpy as np
 
 from fedunlearn.atomic import write_bytes_atomic, write_json_atomic
 from simulations.bench_profiles import Profile
-from simulations.judge import verdict
+from simulations.judge import VERDICT_MAX_GAP, verdict
 
 Row = dict[str, Any]
 #: Per-seed numbers pooled into mean and std.
@@ -38,6 +38,42 @@ POOLED = (
     "cost_messages",
     "cost_bytes",
     "cost_round_trips",
+)
+
+
+#: The cost fields a phase and RT both report, as (field, column title).
+COST_FIELDS = (
+    ("cost_client_examples", "examples"),
+    ("cost_client_steps", "SGD steps"),
+    ("cost_bytes", "bytes"),
+    ("cost_messages", "messages"),
+    ("cost_round_trips", "round trips"),
+    ("cost_seconds", "wall time"),
+)
+
+
+def cost_ratios(row: Row, rt: Row) -> Row:
+    """``row``'s cost as fractions of RT's: at the run's length, and (wall time, examples) at
+    the length RT needs to regain the pre-deletion test accuracy."""
+    out: Row = {}
+    for key, _ in COST_FIELDS:
+        out[f"ratio_{key}"] = _ratio(row.get(key), rt.get(key))
+    to_target = rt.get("to_target") or {}
+    for key in ("cost_seconds", "cost_client_examples"):
+        out[f"ratio_to_target_{key}"] = _ratio(row.get(key), to_target.get(key))
+    return out
+
+
+def _ratio(value: Any, reference: Any) -> float | None:
+    if not isinstance(value, (int, float)) or not isinstance(reference, (int, float)) or reference <= 0:
+        return None
+    return float(value) / float(reference)
+
+
+RATIOS = (
+    *(f"ratio_{k}" for k, _ in COST_FIELDS),
+    "ratio_to_target_cost_seconds",
+    "ratio_to_target_cost_client_examples",
 )
 
 
@@ -84,11 +120,15 @@ def pooled_cells(cells: Sequence[Row]) -> list[Row]:
             row: Row = {"label": label, "method": method_of(label), "seeds": len(per_seed)}
             for key in POOLED:
                 row[key], row[f"{key}_std"] = _stats([r.get(key) for r in per_seed])
+            ratios = [cost_ratios(c["rows"][label], c["rows"]["RT"]) for c in mine if label in c["rows"]]
+            for key in RATIOS:
+                row[key], row[f"{key}_std"] = _stats([r[key] for r in ratios])
             row["forget_metric"] = mine[0]["forget_metric"]
             row["discriminating"] = discriminating
             row["phase"] = _phase_summary(per_seed)
             gains = [r["forget_gain_vs_none"] for r in per_seed if r.get("forget_gain_vs_none") is not None]
-            row["verdict"] = _verdict(label, gains, [r["forget_gap_rt"] for r in per_seed], discriminating)
+            gaps = [r["forget_gap_rt"] for r in per_seed]
+            row["verdict"] = _verdict(label, row["forget_metric"], gains, gaps, discriminating)
             rows.append(row)
         out.append(
             {
@@ -118,12 +158,12 @@ def _phase_summary(per_seed: Sequence[Row]) -> str:
     return ", ".join(f"{s} {n}" for s, n in counts.items()) or "–"
 
 
-def _verdict(label: str, gains: Sequence[float], gaps: Sequence[float], discriminating: bool) -> str:
+def _verdict(label: str, metric: str, gains: Sequence[float], gaps: Sequence[float], discriminating: bool) -> str:
     if label in ("RT", "none"):
         return "reference"
     if not discriminating:
         return "cell not discriminating"
-    found = verdict(gains, gaps)
+    found = verdict(gains, gaps, max_gap=VERDICT_MAX_GAP[metric])
     return found if len(gains) >= 3 else f"{found} (indicative: {len(gains)} seed)"
 
 
@@ -160,6 +200,33 @@ def cell_lines(cell: Row) -> list[str]:
     return [*lines, ""]
 
 
+def cost_lines(cell: Row) -> list[str]:
+    """One cell's phase costs as percentages of RT's, next to the forget-metric gap."""
+    titles = " | ".join(title for _, title in COST_FIELDS)
+    lines = [
+        f"### {cell['cell']}: cost as % of RT (mean over seeds)",
+        "",
+        f"| label | {cell['forget_metric']} gap to RT | {titles} | wall time vs RT to target |",
+        "|---" * (len(COST_FIELDS) + 3) + "|",
+    ]
+    for r in cell["rows"]:
+        if r["label"] in ("RT", "none"):
+            continue
+        cells = " | ".join(_percent(r.get(f"ratio_{key}")) for key, _ in COST_FIELDS)
+        lines.append(
+            f"| {r['label']} | {_pm(r['forget_gap_rt'], r['forget_gap_rt_std'], scale=1, digits=2)} | {cells} "
+            f"| {_percent(r.get('ratio_to_target_cost_seconds'))} |"
+        )
+    return [*lines, ""]
+
+
+def _percent(value: Any) -> str:
+    if value is None:
+        return "–"
+    percent = 100.0 * float(value)
+    return f"{percent:.3g}%" if percent < 10 else f"{percent:.0f}%"
+
+
 def verdict_lines(pooled: Sequence[Row], profile: Profile) -> list[str]:
     """Methods x cells: the verdicts at a glance."""
     cells = [c for c in pooled if c["role"] == "primary"]
@@ -190,7 +257,10 @@ def report_markdown(profile: Profile, pooled: Sequence[Row], missing: Sequence[R
         "Every method is compared with `none` (the model as it is when the request is served), `finetune` "
         "(fine-tuning on retained data with the step budget the method's phase used) and RT (retrained "
         "without the deleted records), on the same seeds and partitions. Gap: |value - RT| in points; gain "
-        "vs none: none's gap minus the method's. Verdict: forgets = mean gain > 2 std and gap <= 1.5 points. "
+        "vs none: none's gap minus the method's. Verdict: forgets = mean gain > 2 std and gap <= 1.5 points "
+        "(6 for the MIA score, an AUC whose standard error is about 3 points). Costs: the phase's client "
+        "examples, SGD steps, bytes up and down, messages, sequential round trips and wall time, as % of RT's "
+        "whole run, and its wall time as % of RT's run up to the round it regains the pre-deletion test accuracy. "
         "Phases: how the method's phase ended (served; no trace: the criterion held before any step, the model "
         "was committed unchanged; not_verified: the criterion still failed when the budget was spent, so the "
         "model was rolled back and the request stays open; deferred: the phase could not run).",
@@ -199,6 +269,7 @@ def report_markdown(profile: Profile, pooled: Sequence[Row], missing: Sequence[R
     ]
     for cell in pooled:
         lines += cell_lines(cell)
+        lines += cost_lines(cell)
     if missing:
         lines += ["## Not run", "", *(f"- {m['cell_id']}: {m['status']} — {m['reason']}" for m in missing), ""]
     return "\n".join(lines)

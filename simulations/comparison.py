@@ -13,6 +13,7 @@ whose scheduled samples were excluded before round 1. Layout under ``out``::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -52,6 +53,7 @@ class Comparison:
     out: Path
     settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     with_rt: bool = True
+    trunk_source: Path | None = None  # a trained trunk of the same federation to copy instead of training
 
     @property
     def entries(self) -> tuple[ScheduledDeletion, ...]:
@@ -77,7 +79,7 @@ def plan_runs(comparison: Comparison) -> list[EngineRun]:
     rounds = sorted({e.round for e in comparison.entries})
     if not rounds:
         raise ValueError("a comparison needs a deletion schedule")
-    runs = [EngineRun(TRUNK, lambda: _trunk_config(comparison, rounds[0]))]
+    runs = [_trunk_run(comparison, rounds[0])]
     for label in comparison.labels:
         runs += _label_runs(comparison, label, rounds)
     if comparison.with_rt:
@@ -92,6 +94,27 @@ def _with_dirs(comparison: Comparison, name: str, config: FederationConfig, **ru
     return dataclasses.replace(
         config, run=dataclasses.replace(config.run, out_dir=str(folder), state_root=str(folder / "state"), **run)
     )
+
+
+def _trunk_run(comparison: Comparison, first_round: int) -> EngineRun:
+    """Train the trunk, or copy one trained for the same federation (then the engine only resumes it)."""
+    source = comparison.trunk_source
+    if source is None:
+        return EngineRun(TRUNK, lambda: _trunk_config(comparison, first_round))
+
+    def config() -> FederationConfig:
+        trunk = _trunk_config(comparison, first_round)
+        return dataclasses.replace(trunk, run=dataclasses.replace(trunk.run, resume=True))
+
+    return EngineRun(TRUNK, config, lambda: copy_run(source, comparison.run_dir(TRUNK)))
+
+
+def training_signature(comparison: Comparison) -> str:
+    """What the trunk's training depends on (two comparisons with the same one share a trunk)."""
+    rounds = min(e.round for e in comparison.entries)
+    flat = config_to_flat(_trunk_config(comparison, rounds))
+    ignored = ("run.out-dir", "run.state-root", "experiment.deletion-schedule")
+    return json.dumps({k: v for k, v in sorted(flat.items()) if k not in ignored and not k.startswith("unlearn.")})
 
 
 def _trunk_config(comparison: Comparison, first_round: int) -> FederationConfig:
@@ -119,9 +142,8 @@ def _label_runs(comparison: Comparison, label: str, rounds: list[int]) -> list[E
                 copy_run(comparison.run_dir(TRUNK), comparison.run_dir(label))
             file_requests(comparison.config, entries, state_root=comparison.run_dir(label) / "state")
 
-        runs.append(
-            EngineRun(f"{label}#{index + 1}", lambda until=until: label_config(comparison, label, until), prepare)
-        )
+        build = functools.partial(label_config, comparison, label, until)
+        runs.append(EngineRun(f"{label}#{index + 1}", build, prepare))
     return runs
 
 

@@ -4,8 +4,11 @@ One module for ``simulate`` and ``bench``. The ground truth comes from the delet
 schedule (the experimenter may look at every client's data; the protocol never moves it):
 each entry's ids on its client's data as the client holds it (corrupted records included).
 Every model is scored with the same definitions (FA, RA, TA, MIA, KL to RT, backdoor ASR);
-the deletion's own forget metric is ASR when the deleted records carry a trigger, else FA
-on the deleted samples with their recorded labels. Each row then carries:
+the deletion's own forget metric is fixed by the scenario before any result is seen: ASR
+when the deleted records carry a trigger; the MIA score when they are mislabelled (a model
+rarely predicts a lone wrong label even when trained on it, so FA barely moves; its lower
+loss on those samples is what the membership attack sees); else FA on the deleted samples
+with their recorded labels. Each row then carries:
 
 - ``forget_metric``: that metric's name; ``forget_value``: its value;
 - ``forget_gap_rt``: |value - RT's value|, in points;
@@ -40,6 +43,10 @@ from fedunlearn.site import ClientSite
 DISCRIMINATING_POINTS = 1.0
 #: The forget metrics a cell may be judged on.
 FORGET_METRICS = ("FA", "MIA", "ASR")
+#: How close to RT (points) a method must come to "forget", per forget metric. The MIA
+#: score is an AUC over about a hundred members: its standard error is about 3 points, so
+#: a gap within twice that is indistinguishable from RT.
+VERDICT_MAX_GAP = {"FA": 1.5, "ASR": 1.5, "MIA": 6.0}
 
 
 @dataclass(frozen=True)
@@ -71,7 +78,7 @@ def ground_truth(config: FederationConfig, *, state_root: str | Path | None = No
         raise ValueError("the run has no deletion schedule: nothing to judge")
     forget_parts, retain_parts, per_request = [], [], {}
     test: IndexedDataset | None = None
-    trigger_deleted, corrupted = False, []
+    trigger_deleted, mislabel_deleted, corrupted = False, False, []
     for pid in range(config.data.num_clients):
         site = client_site(config, pid, state_root)
         test = site.test
@@ -81,7 +88,9 @@ def ground_truth(config: FederationConfig, *, state_root: str | Path | None = No
             per_request[entry.request_id] = site.dataset.subset_by_ids(entry_ids)
         excluded = np.unique(np.concatenate(ids)) if ids else np.empty(0, np.int64)
         corrupted.append(site.corrupted)
-        trigger_deleted |= bool(np.isin(site.corrupted, excluded).any()) and config.experiment.corrupt_kind == "trigger"
+        corrupted_deleted = bool(np.isin(site.corrupted, excluded).any())
+        trigger_deleted |= corrupted_deleted and config.experiment.corrupt_kind == "trigger"
+        mislabel_deleted |= corrupted_deleted and config.experiment.corrupt_kind == "mislabel"
         if len(excluded):
             forget_parts.append(site.dataset.subset_by_ids(excluded))
         kept = site.dataset.without_ids(excluded) if len(excluded) else site.dataset
@@ -97,7 +106,7 @@ def ground_truth(config: FederationConfig, *, state_root: str | Path | None = No
         test,
         per_request,
         backdoor,
-        "ASR" if backdoor is not None else "FA",
+        "ASR" if backdoor is not None else "MIA" if mislabel_deleted else "FA",
         tuple(sorted({e.kind for e in entries})),
         nonmembers,
     )
@@ -190,7 +199,7 @@ def _gap(row: Mapping[str, Any] | None, rt: Mapping[str, Any], key: str) -> floa
     return 100.0 * abs(float(row[key]) - float(rt[key]))
 
 
-def verdict(gains: Sequence[float], gaps: Sequence[float], *, max_gap: float = 1.5) -> str:
+def verdict(gains: Sequence[float], gaps: Sequence[float], *, max_gap: float = VERDICT_MAX_GAP["FA"]) -> str:
     """Over seeds: "forgets" (mean gain > 2 std and mean gap <= ``max_gap`` points), "partly"
     (gain > 2 std, gap larger), or "no better than doing nothing"."""
     values = [g for g in gains if math.isfinite(g)]

@@ -3,12 +3,14 @@
 The config dataclasses check each value on its own; this checks what needs the data: the
 dataset loads, the model builds for it, every method is registered and can serve the
 schedule's deletion kinds, and every schedule entry names a client, a class or a number
-of samples that exists. All problems are reported at once (ConfigError).
+of samples that exists; and that Ray can start here at all (its unix sockets live under
+``RAY_TMPDIR``, whose path must be short). All problems are reported at once (ConfigError).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -45,8 +47,24 @@ def preflight(config: FederationConfig, *, methods: Sequence[str]) -> None:
         wrong = sorted({e.kind for e in entries if e.kind in ("sample", "class", "client")} - set(kinds))
         if wrong:
             problems.append(f"method {method!r} serves {', '.join(sorted(kinds))} deletions, not {', '.join(wrong)}")
+    problems += ray_socket_problems(os.environ)
     if problems:
         raise ConfigError(problems)
+
+
+#: Linux's limit on a unix socket path, and what Ray appends to its temp dir for its longest
+#: socket ("/ray/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store", a 7-digit pid).
+_SOCKET_PATH_LIMIT = 107
+_RAY_SOCKET_SUFFIX = len("/ray/session_2026-12-02_15-45-31_625637_1234567/sockets/plasma_store")
+
+
+def ray_socket_problems(environ: Mapping[str, str]) -> list[str]:
+    """Ray fails deep inside its start-up (and the simulation hangs) when its socket paths are too long."""
+    root = environ.get("RAY_TMPDIR") or "/tmp"
+    room = _SOCKET_PATH_LIMIT - _RAY_SOCKET_SUFFIX
+    if len(root) <= room:
+        return []
+    return [f"RAY_TMPDIR={root!r} is {len(root)} characters; Ray's sockets need it at most {room}: use a shorter path"]
 
 
 def _late_entries(config: FederationConfig, entries: Sequence[ScheduledDeletion]) -> list[str]:

@@ -143,7 +143,8 @@ class HistoryConfig:
     ``record_full`` also keeps a dense history from the same steps, and ``server_log`` has
     the server keep FedEraser's log of client updates. Both are recorded anyway when the
     configured method reads them (its ``history`` trait); the flags let an experiment that
-    compares methods record them for all.
+    compares methods record them for all. ``budget_mb`` caps each client's history on disk
+    (None: no cap): at the cap the oldest rounds are dropped (``fedunlearn.site.enforce_budget``).
     """
 
     SECTION: ClassVar[str] = "history"
@@ -153,10 +154,13 @@ class HistoryConfig:
     enabled: bool = field(default=True, metadata=key("record"))
     record_full: bool = False
     server_log: bool = False
+    budget_mb: float | None = None
 
     def __post_init__(self) -> None:
         checks = Checks()
         checks.in_range("history.keep-ratio", self.keep_ratio, 0.0, 1.0, low_open=True)
+        if self.budget_mb is not None:
+            checks.positive("history.budget-mb", self.budget_mb)
         checks.one_of("history.selector", self.selector, SELECTOR_NAMES)
         checks.one_of("history.dtype", self.value_dtype, VALUE_DTYPES)
         checks.raise_if_any()

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from flwr.common.config import unflatten_dict
 
 from deploy.local import LocalDeployment
 from deploy.processes import tagged_pids
@@ -28,10 +29,11 @@ from deploy.run import DeletionPlan, RunOutcome, run_federation
 from fedunlearn.aggregation import state_digest
 from fedunlearn.config import FederationConfig
 from fedunlearn.data import build_federated_data
-from fedunlearn.deletion import ids_digest
+from fedunlearn.deletion import DeletionQueue
 from fedunlearn.history import HistoryStore
 from fedunlearn.metrics import accuracy
 from fedunlearn.node_cli import receipts
+from fedunlearn.run_config import config_from_sections
 from fedunlearn.site import ClientSite
 
 pytestmark = pytest.mark.deployment
@@ -44,25 +46,26 @@ FORGET_NODE = 2
 # them at all. The deletion is filed after round 1 and served after round 2, the last round,
 # so the final model is the unlearned one.
 SMALL = {
-    "num-clients": 3,
-    "num-server-rounds": 2,
-    "samples-per-client": 300,
-    "test-samples": 500,
-    "model": "mlp",
-    "partition": "by_class",
-    "classes-per-client": 2,
-    "local-epochs": 2,
-    "batch-size": 32,
-    "lr": 0.1,
-    "fraction-evaluate": 0.0,
-    "unlearn-outer-steps": 1,
-    "client-threads": 1,
+    "data.num-clients": 3,
+    "train.rounds": 2,
+    "data.samples-per-client": 300,
+    "data.test-samples": 500,
+    "train.model": "mlp",
+    "data.partition": "by_class",
+    "data.classes-per-client": 2,
+    "train.local-epochs": 2,
+    "train.batch-size": 32,
+    "train.lr": 0.1,
+    "train.fraction-evaluate": 0.0,
+    "unlearn.partial_amnesiac.outer-steps": 2,
+    "unlearn.max-ta-drop": 0.2,  # the forgotten class is a fifth of what the model knows
+    "train.threads": 1,
 }
 
 
 @pytest.fixture(scope="module")
 def config(data_root: Path) -> FederationConfig:
-    return FederationConfig.from_run_config({**SMALL, "data-root": str(data_root)})
+    return config_from_sections(unflatten_dict({**SMALL, "data.root": str(data_root)}))
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +93,12 @@ def served(deployment: LocalDeployment, config: FederationConfig, exclusive_labe
     # The data officer of node 2 lists the ids of every sample of one class (a sample-level request).
     plan = DeletionPlan(FORGET_NODE, "sample", label=exclusive_label, after_round=1, seed=0)
     return run_federation(deployment, config, deletion=plan, timeout=900)
+
+
+def deployment_state(served: RunOutcome) -> Path:
+    """The forgetting node's state directory (its receipt lives under it)."""
+    assert served.node_receipt is not None
+    return served.node_receipt.parent.parent
 
 
 def listening_addresses(pids: list[int]) -> set[tuple[str, int]]:
@@ -202,13 +211,16 @@ def test_the_deletion_filed_mid_run_is_served_with_matching_receipts(served: Run
     server_receipt = json.loads(served.server_receipt.read_text())
     results = json.loads(served.results.read_text())
 
-    # Assert: the same receipt on both sides, proving which ids (by hash) and which models
-    assert node_receipt == server_receipt
+    # Assert: the same receipt on both sides (the server's without the count), proving which ids
+    # (by a hash keyed with the node's secret) and which models, with the node's verification
+    assert server_receipt == {k: v for k, v in node_receipt.items() if k != "num_samples"}
     assert node_receipt["request_id"] == served.request_id and node_receipt["kind"] == "sample"
     assert node_receipt["num_samples"] == len(ids) > 0
-    assert node_receipt["ids_sha256"] == ids_digest(ids)
+    queue = DeletionQueue(deployment_state(served))
+    assert queue.ids_match_receipt(served.request_id or "", ids)
     assert node_receipt["server_round"] == 2 and node_receipt["method"] == "partial_amnesiac"
-    assert {"FA", "RA", "MIA", "TA", "TA_before"} <= set(node_receipt["metrics"])
+    assert {"check_FA", "check_passed", "TA", "TA_before"} <= set(node_receipt["metrics"])
+    assert node_receipt["metrics"]["check_passed"] == 1.0
     assert node_receipt["model_digest_before"] != node_receipt["model_digest_after"]
     (phase,) = [e for e in results["events"] if e["type"] == "unlearning"]
     assert phase["status"] == "served" and phase["partition_id"] == FORGET_NODE
@@ -226,8 +238,10 @@ def test_the_node_lists_the_receipt_and_never_trains_on_the_samples_again(
     code = receipts.main(["--state-dir", str(node.state_dir), "--json"])
     listing = json.loads(capsys.readouterr().out)
     site = ClientSite.open(config=config, partition_id=FORGET_NODE, state_dir=node.state_dir, lineage="inspect")
-    history_dir = node.state_dir / "history" / f"run-{served.run_id}"
-    store = HistoryStore.for_model(history_dir, model=site.build_model(), config=config.history)
+    lineage = json.loads(served.results.read_text())["summary"]["lineage"]
+    store = HistoryStore.open_existing(
+        node.state_dir / "history" / lineage, model=site.build_model(), config=config.history
+    )
 
     # Assert
     assert code == 0 and listing["pending"] == []
@@ -264,7 +278,7 @@ def test_the_forgotten_samples_are_no_longer_recognised(
     # (FA moved from well above to near RT's 0); the node's own verification reported the same FA.
     assert fa_before >= 0.3
     assert fa_after <= 0.2 and fa_after <= fa_before - 0.2
-    assert receipt["metrics"]["FA"] == pytest.approx(fa_after)
+    assert receipt["metrics"]["check_FA"] == pytest.approx(fa_after)
     assert receipt["metrics"]["TA"] >= receipt["metrics"]["TA_before"] - config.unlearn.max_ta_drop
 
 

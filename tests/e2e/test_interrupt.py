@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -55,13 +57,15 @@ def completed_round(out: Path) -> int:
 
 
 def test_ctrl_c_stops_cleanly_and_resume_finishes_the_same_run(tmp_path: Path, data_root: Path) -> None:
-    out, ray_tmp = tmp_path / "run", tmp_path / "ray"
-    ray_tmp.mkdir()
+    out = tmp_path / "run"
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray's socket paths must fit 107 bytes
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
     command = [sys.executable, "-m", "simulations.cli", *COMMAND, "--data-root", str(data_root), "--out", str(out)]
 
-    # Execute: Ctrl-C once a few rounds are checkpointed.
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Execute: Ctrl-C once a few rounds are checkpointed. The output goes to files: an unread
+    # pipe fills up and blocks the run.
+    log_out, log_err = (tmp_path / "stdout.log").open("w"), (tmp_path / "stderr.log").open("w")
+    process = subprocess.Popen(command, env=env, stdout=log_out, stderr=log_err, text=True)
     deadline = time.monotonic() + 300
     while completed_round(out) < 2 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -69,8 +73,10 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes_the_same_run(tmp_path: Path, d
     stopped_at = completed_round(out)
     process.send_signal(signal.SIGINT)
     start = time.monotonic()
-    _, stderr = process.communicate(timeout=60)
+    process.wait(timeout=60)
     seconds = time.monotonic() - start
+    log_out.close(), log_err.close()
+    stderr = (tmp_path / "stderr.log").read_text()
 
     # Assert: it stopped within seconds, said how to go on, and left no Ray process behind.
     assert process.returncode == 130, stderr[-1500:]
@@ -89,3 +95,4 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes_the_same_run(tmp_path: Path, d
     assert [r["round"] for r in results["rounds"]] == list(range(1, 13))
     history = list((out / "state" / "client-0" / "history").iterdir())
     assert len(history) == 1 and history[0].name == results["summary"]["lineage"]
+    shutil.rmtree(ray_tmp, ignore_errors=True)

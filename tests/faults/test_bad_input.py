@@ -410,7 +410,7 @@ NON_NEGATIVE_INTS = {
     "experiment.trigger-target",
     "data.exclusive-class",
 }
-POSITIVE_FLOATS = {"run.round-timeout", "data.dirichlet-alpha", "train.lr", "unlearn.apply-scale"}
+POSITIVE_FLOATS = {"run.round-timeout", "data.dirichlet-alpha", "train.lr", "unlearn.apply-scale", "history.budget-mb"}
 NON_NEGATIVE_FLOATS = {"train.weight-decay"}
 UNIT_OPEN = {
     "train.fraction",
@@ -429,7 +429,16 @@ UNIT_CLOSED = {
     "unlearn.asr-target",
 }
 #: The same rules for the keys of every method's settings (``unlearn.<method>.<key>``).
-METHOD_POSITIVE_INTS = {"outer-steps", "epochs", "max-steps", "batch-size", "iters", "forget-freq", "interval"}
+METHOD_POSITIVE_INTS = {
+    "outer-steps",
+    "epochs",
+    "max-steps",
+    "batch-size",
+    "iters",
+    "forget-freq",
+    "interval",
+    "fisher-max-batches",
+}
 METHOD_NON_NEGATIVE_INTS = {"remain-steps", "finetune-epochs"}
 METHOD_POSITIVE_FLOATS = {"lr", "temperature", "clip-norm", "saliency-gamma"}
 METHOD_NON_NEGATIVE_FLOATS = {"forget-scale", "weight-decay"}
@@ -456,6 +465,7 @@ UNCHECKED = {
     "unlearn.parallel-slow",
     "experiment.deletion-schedule",
     "unlearn.sfr_on.saliency",
+    "unlearn.sfr_on.local-remain",
 }
 
 

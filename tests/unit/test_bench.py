@@ -10,13 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from flwr.common.config import unflatten_dict
 
+from fedunlearn.run_config import config_from_sections
 from simulations import bench
 from simulations.bench_profiles import EVIDENCE, PROFILES, QUICK
 from simulations.bench_report import pooled_cells, run_rows, write_outputs
 from simulations.cli_options import config_from_args
 from simulations.comparison import Comparison, method_of, plan_runs
-from simulations.judge import compare, verdict
+from simulations.judge import compare, ground_truth, verdict
 
 
 def row(**values: float) -> dict[str, Any]:
@@ -179,3 +181,31 @@ def test_a_comparison_names_its_runs_and_matches_finetune_to_a_method(tmp_path: 
     comparison: Comparison = item.comparison  # type: ignore[assignment]
     assert comparison.methods() == list(QUICK.methods)
     assert comparison.run_dir("finetune@sfr_on").name == "finetune-at-sfr_on"
+
+
+@pytest.mark.parametrize(
+    ("corruption", "schedule", "metric"),
+    [
+        ({"experiment.corrupt-kind": "trigger"}, "2:0:corrupted", "ASR"),
+        ({"experiment.corrupt-kind": "mislabel"}, "2:0:corrupted", "MIA"),
+        ({"experiment.corrupt-kind": "mislabel"}, "2:1:sample:5", "FA"),
+    ],
+)
+def test_the_forget_metric_follows_what_the_deleted_records_are(
+    tmp_path: Path, corruption: dict[str, str], schedule: str, metric: str
+) -> None:
+    flat = {
+        "data.dataset": "digits",
+        "train.model": "mlp",
+        "data.num-clients": 2,
+        "data.samples-per-client": 60,
+        "data.test-samples": 40,
+        "data.root": str(tmp_path / "no-data"),
+        "experiment.corrupt-client": 0,
+        "experiment.corrupt-fraction": 0.1,
+        "experiment.deletion-schedule": schedule,
+        **corruption,
+    }
+    truth = ground_truth(config_from_sections(unflatten_dict(flat)), state_root=tmp_path / "state")
+    assert truth.forget_metric == metric
+    assert len(truth.forget) in (5, 6)  # the scheduled ids, however the client holds them

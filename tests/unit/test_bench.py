@@ -19,6 +19,7 @@ from simulations.bench_report import pooled_cells, run_rows, write_outputs
 from simulations.cli_options import config_from_args
 from simulations.comparison import Comparison, method_of, plan_runs
 from simulations.judge import compare, ground_truth, verdict
+from simulations.scoring import run_cost
 
 
 def row(**values: float) -> dict[str, Any]:
@@ -209,3 +210,18 @@ def test_the_forget_metric_follows_what_the_deleted_records_are(
     truth = ground_truth(config_from_sections(unflatten_dict(flat)), state_root=tmp_path / "state")
     assert truth.forget_metric == metric
     assert len(truth.forget) in (5, 6)  # the scheduled ids, however the client holds them
+
+
+def test_rt_cost_to_target_is_read_off_its_rounds(tmp_path: Path) -> None:
+    rounds = [
+        {"round": r, "test_accuracy": acc, "seconds": 10.0, "messages": 4, "bytes_down": 100, "bytes_up": 100}
+        for r, acc in enumerate([0.50, 0.80, 0.86, 0.87], start=1)
+    ]
+    (tmp_path / "results.json").write_text(json.dumps({"rounds": rounds, "events": []}))
+
+    regained = run_cost(tmp_path, retrain=True, target_accuracy=0.85)
+    assert regained["rounds_to_target"] == 3 and regained["to_target"]["cost_seconds"] == 30.0
+    assert regained["per_round"]["cost_bytes"] == 200.0 and regained["cost_messages"] == 16.0
+    # A deleted class is never predicted again: RT's own final accuracy is the target then.
+    never = run_cost(tmp_path, retrain=True, target_accuracy=0.97)
+    assert never["rounds_to_target"] == 4 and never["target_accuracy"] < 0.87

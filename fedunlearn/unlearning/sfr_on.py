@@ -63,6 +63,11 @@ class SFROnSettings(MethodSettings):
     over ``iters``), ``momentum``, ``weight_decay``, ``batch_size``. Defaults are the
     official code's, with ``iters`` scaled down from 1500.
 
+    ``temperature`` 0 gives every deleted record the same weight (plain masked ascent, a
+    deviation). With the official 0.5 the weights ``l_i^-0.5`` pile onto the record the
+    model fits best; when that loss is ~0 (a memorised poisoned or backdoored record) so
+    is its gradient, and the fast steps barely move the model (docs/SFR_ON.md).
+
     Federated (documented deviations, each a setting): ``local_remain`` has the forgetting
     client interleave the remain steps of its iterations on its own retained data, under the
     one optimizer, as the official loop does (False: its forget steps back to back); the
@@ -97,8 +102,9 @@ class SFROnSettings(MethodSettings):
         super().check(checks)
         for name in ("iters", "forget_freq", "batch_size"):
             checks.at_least(name.replace("_", "-"), getattr(self, name), 1)
-        for name in ("temperature", "clip_norm", "saliency_gamma", "lr"):
+        for name in ("clip_norm", "saliency_gamma", "lr"):
             checks.positive(name.replace("_", "-"), getattr(self, name))
+        checks.non_negative("temperature", self.temperature)
         checks.non_negative("forget-scale", self.forget_scale)
         checks.non_negative("weight-decay", self.weight_decay)
         checks.in_range("momentum", self.momentum, 0.0, 1.0)

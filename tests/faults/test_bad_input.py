@@ -440,8 +440,8 @@ METHOD_POSITIVE_INTS = {
     "fisher-max-batches",
 }
 METHOD_NON_NEGATIVE_INTS = {"remain-steps", "finetune-epochs"}
-METHOD_POSITIVE_FLOATS = {"lr", "temperature", "clip-norm", "saliency-gamma"}
-METHOD_NON_NEGATIVE_FLOATS = {"forget-scale", "weight-decay"}
+METHOD_POSITIVE_FLOATS = {"lr", "clip-norm", "saliency-gamma"}
+METHOD_NON_NEGATIVE_FLOATS = {"forget-scale", "weight-decay", "temperature"}
 METHOD_UNIT_OPEN = {"select-ratio", "calibration-ratio"}
 METHOD_UNIT_CLOSED = {"momentum", "target-fa"}
 ENUMS = {

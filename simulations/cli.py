@@ -49,10 +49,24 @@ def _deploy_local(argv: Sequence[str]) -> int:
     return main(argv)
 
 
+def _paper(argv: Sequence[str]) -> int:
+    from simulations.paper.commands import main
+
+    return main(argv)
+
+
+def _sfr_compare(argv: Sequence[str]) -> int:
+    from simulations.sfr_compare import main
+
+    return main(argv)
+
+
 #: subcommand -> (entry point, one-line help)
 COMMANDS: dict[str, tuple[Command, str]] = {
     "simulate": (_simulate, "run a federation as a Flower simulation (with a schedule: method vs none, finetune, RT)"),
     "bench": (_bench, "benchmark unlearning methods against none, finetune and RT (profiles: quick, evidence, ...)"),
+    "paper": (_paper, "reproduce the partial-unlearning paper's figures (fig1-fig4, sweep, claims)"),
+    "sfr-compare": (_sfr_compare, "federated vs centralized SFR-on on a finished comparison's deletion"),
     "forget": (_forget, "queue a deletion request on this node (run on the node)"),
     "receipts": (_receipts, "list this node's deletion receipts and pending requests"),
     "make-certs": (_make_certs, "create a private CA, SuperLink certificate and SuperNode keys (extra [deploy])"),

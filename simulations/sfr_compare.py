@@ -1,6 +1,6 @@
 """Federated SFR-on next to centralized SFR-on on the same deletion, from a finished comparison.
 
-``python -m simulations.sfr_compare RUN_DIR [RUN_DIR ...] --out DIR``: ``RUN_DIR`` is one
+``fedunlearn sfr-compare RUN_DIR [RUN_DIR ...] --out DIR``: ``RUN_DIR`` is one
 cell-seed of ``fedunlearn bench`` (``<out>/work/<cell>-s<seed>``) or of ``fedunlearn simulate``
 with a schedule. For every SFR-on label it ran (``sfr_on``, ``sfr_on@<variant>``) this scores,
 with the judge's definitions: the model before the deletion, the federated phase's model,
@@ -135,7 +135,7 @@ def _line(row: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Score every given comparison folder; write sfr_compare.json to ``--out``."""
-    parser = argparse.ArgumentParser(prog="python -m simulations.sfr_compare", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="fedunlearn sfr-compare", description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="comparison folders (<bench out>/work/<cell>-s<seed>)")
     parser.add_argument("--out", type=Path, required=True, help="folder for sfr_compare.json")
     args = parser.parse_args(argv)

@@ -96,8 +96,10 @@ class FixedBatchDataset(IndexedDataset):
     """An IndexedDataset whose ``batches`` are the plan's fixed batches, in a reshuffled order.
 
     ``train_local`` calls ``batches(batch_size, shuffle=True, generator=...)``; the generator
-    then permutes the order of the batches, not their members. Subsets (``select``,
-    ``without_ids``, ...) are plain IndexedDatasets.
+    then permutes the order of the batches, not their members. Batches are dealt evenly
+    (sizes differ by at most one), so no epoch ends on a tiny batch, which would jolt
+    BatchNorm statistics. Subsets (``select``, ``without_ids``, ...) are plain
+    IndexedDatasets.
     """
 
     plan: BatchPlan
@@ -114,9 +116,13 @@ class FixedBatchDataset(IndexedDataset):
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
     ) -> Iterator[Batch]:
-        """Yield the plan's batches (reordered with ``generator`` when ``shuffle``)."""
+        """Yield the plan's batches (reordered with ``generator`` when ``shuffle``).
+
+        Another ``batch_size`` (a method's own passes over D_r, say) gets ordinary batches.
+        """
         if batch_size != self.plan.batch_size:
-            raise ConfigError(f"this dataset's batches hold {self.plan.batch_size} samples, asked for {batch_size}")
+            yield from super().batches(batch_size, shuffle=shuffle, generator=generator, device=device)
+            return
         count = self.plan.num_batches
         order = torch.randperm(count, generator=generator).tolist() if shuffle else range(count)
         for b in order:
@@ -129,8 +135,8 @@ class FixedBatchDataset(IndexedDataset):
             )
 
     def num_batches(self, batch_size: int) -> int:
-        """B (the plan's batch count)."""
-        return self.plan.num_batches
+        """B (the plan's batch count) for the plan's batch size."""
+        return self.plan.num_batches if batch_size == self.plan.batch_size else super().num_batches(batch_size)
 
 
 #: How training samples are dealt into fixed batches (``PaperSetup.batches``).

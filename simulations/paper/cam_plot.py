@@ -28,6 +28,17 @@ def _tile(ax: Any, image: np.ndarray, cam: np.ndarray | None, vmax: float, title
     ax.set_yticks([])
 
 
+def _scale(variants: dict[str, Any], names: list[str], row: int) -> float:
+    """The colour scale of a row: the original model's largest value (or the row's, without one).
+
+    Tying the scale to the model before unlearning shows weaker evidence as a fainter map;
+    a broken model's far larger maps (gradient ascent can blow activations up) saturate
+    instead of washing out every other tile.
+    """
+    reference = [n for n in names if n == "original"] or names
+    return max(float(np.max(variants[n]["maps"][row])) for n in reference) or 1.0
+
+
 def _draw_cell(fig: Any, cell: dict[str, Any]) -> None:
     variants = cell["variants"]
     names = list(variants)
@@ -35,7 +46,7 @@ def _draw_cell(fig: Any, cell: dict[str, Any]) -> None:
     labels = cell["images"]["labels"]
     grid = fig.subplots(len(images), len(names) + 1, squeeze=False)
     for r, image in enumerate(images):
-        vmax = max(float(np.max(variants[n]["maps"][r])) for n in names) or 1.0
+        vmax = _scale(variants, names, r)
         _tile(grid[r][0], image, None, vmax, f"class {labels[r]}", "black")
         for c, name in enumerate(names, start=1):
             pred, conf = variants[name]["predicted"][r], variants[name]["confidence"][r]

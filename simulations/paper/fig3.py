@@ -5,8 +5,8 @@ Per model (LeNet by default; any model with a convolution): train once, delete c
 and every method of Figure 1. For a few test images of each class the grid shows, per
 model, where the last convolutional layer finds evidence for the image's true class
 (Grad-CAM, ``simulations.paper.cam``), overlaid on the image, with the predicted label
-and its probability. Maps in one row share one colour scale, so a map that fades after
-unlearning is a model that no longer finds the class. The JSON also summarizes each model
+and its probability. Maps in one row share one colour scale (the original model's), so a
+map that fades after unlearning is a model that no longer finds the class. The JSON also summarizes each model
 on up to 300 test images per class: accuracy, mean probability of the true class, mean
 Grad-CAM value.
 

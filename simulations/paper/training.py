@@ -152,7 +152,12 @@ def delete(
 ) -> tuple[Placement, ForgetRetainSplit]:
     """The setup's deletion placed on the trained batches (``fraction`` overrides ``setup.affected``).
 
-    Returns the placement and the forget/retain split it implies.
+    Returns the placement and the forget/retain split it implies. The retained samples get
+    their own fixed batch plan, so RT retrains as the original was trained: plain
+    reshuffled batches would end each epoch on a remainder batch (5 samples for 51,717
+    retained MNIST images), and that single step at the end of training was enough to
+    break ResNet9's BatchNorm statistics (RT test accuracy 99.6% at step 3,900 of 4,045,
+    24.4% at the end).
     """
     placement = place_deletion(
         trained.data,
@@ -161,5 +166,7 @@ def delete(
         forget_class=setup.forget_class,
         seed=setup.seed,
     )
-    split = ForgetRetainSplit(trained.data.subset_by_ids(placement.ids), trained.data.without_ids(placement.ids))
-    return placement, split
+    retain = with_plan(
+        trained.data.without_ids(placement.ids), batch_size=setup.batch_size, seed=setup.seed, kind=setup.batches
+    )
+    return placement, ForgetRetainSplit(trained.data.subset_by_ids(placement.ids), retain)

@@ -111,3 +111,13 @@ def test_recorded_history_has_exactly_epochs_times_chosen_batches_affected(
             train_local(model, data, config=TrainConfig(batch_size=10, lr=0.1), seed=epoch, epochs=1, observer=recorder)
 
     assert len(store.affected_steps(placement.ids)) == 3 * 5
+
+
+def test_batches_are_dealt_evenly_and_other_batch_sizes_get_ordinary_batches(generator: torch.Generator) -> None:
+    data = with_plan(dataset(generator, n=101), batch_size=10, seed=0)  # 101 = 10 x 10 + 1
+
+    planned = [len(b.sample_ids) for b in data.batches(10)]
+    other = [len(b.sample_ids) for b in data.batches(25)]
+
+    assert len(planned) == 11 and set(planned) <= {9, 10}  # no 1-sample remainder batch
+    assert other == [25, 25, 25, 25, 1] and data.num_batches(25) == 5

@@ -204,7 +204,8 @@ def _sfr_fast_share(
 ) -> Correction:
     """Outer step s runs SFR-on iterations ``[s*n, (s+1)*n)`` (n = iters / outer_steps) here:
     a forget step every ``forget_freq`` iterations and, with ``local_remain`` and retained
-    data, a remain step on this client's D_r in every iteration, under one optimizer and the
+    data, a remain step on this client's D_r in every iteration (without one, with
+    ``momentum_carry``, a zero-gradient step that carries the forget step's momentum), under one optimizer and the
     cosine schedule (the official loop on this client's data). The other clients' remain
     steps are the slow part.
 
@@ -219,8 +220,9 @@ def _sfr_fast_share(
     mask, info = _step_mask(site, model, split, remain_fisher, settings)
     retain = split.retain if settings.local_remain and len(split.retain) else None
     session = SFROnSession(model, forget=split.forget, retain=retain, mask=mask, settings=total, seed=seed)
+    coast = settings.momentum_carry and retain is None
     for t in range(outer_step * per_step, (outer_step + 1) * per_step):
-        session.iteration(t, remain=retain is not None)
+        session.iteration(t, remain=retain is not None, coast=coast)
     steps = session.forget_steps + session.remain_steps
     examples = steps * settings.batch_size
     cost = Cost(seconds=time.perf_counter() - start, forward_backward=steps, examples=examples, extra=info)

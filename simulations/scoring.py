@@ -56,16 +56,18 @@ def run_cost(run_dir: Path, *, retrain: bool, target_accuracy: float | None = No
     if retrain:
         return _training_cost(results["rounds"], target_accuracy)
     phases = [e for e in results["events"] if e.get("type") == "unlearning"]
-    stats = [p["stats"] for p in phases]
-    metrics = [p.get("metrics", {}) for p in phases]
+    shared = _by_phase(phases)
+    stats = [group[0]["stats"] for group in shared]
+    metrics = [group[0].get("metrics", {}) for group in shared]
     return {
-        "cost_seconds": sum(p["seconds"] for p in phases),
+        "cost_seconds": sum(max(p["seconds"] for p in group) for group in shared),
         "cost_messages": sum(s["messages"] for s in stats),
         "cost_bytes": sum(s.get("bytes_down", 0) + s.get("bytes_up", 0) for s in stats),
         "cost_round_trips": sum(s.get("round_trips", 0) for s in stats),
         "cost_client_steps": sum(m.get("client_steps", 0) for m in metrics),
         "cost_client_examples": sum(m.get("client_examples", 0) for m in metrics),
         "phases": len(phases),
+        "phase_count": len(shared),
         "statuses": [p["status"] for p in phases],
         "phase_reasons": [p["reason"] for p in phases if p["status"] != "served"],
         "outer_steps": [m.get("outer_steps") for m in metrics],
@@ -84,6 +86,21 @@ _ROUND_FIELDS = {
 
 #: How close (accuracy fraction) to the target RT must come to count as having regained it.
 TARGET_TOLERANCE = 0.005
+
+
+def _by_phase(events: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The events grouped by the phase that served them: requests served together share one
+    phase's messages, bytes, round trips and client work, which must be counted once.
+
+    A phase is recognised by its ``stats.phase_id``; events written without one (older
+    runs) by their round and identical stats.
+    """
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for event in events:
+        stats = event["stats"]
+        key = stats.get("phase_id") or (event.get("round"), json.dumps(stats, sort_keys=True))
+        groups.setdefault(key, []).append(event)
+    return list(groups.values())
 
 
 def _training_cost(rounds: list[dict[str, Any]], target: float | None) -> dict[str, Any]:

@@ -75,6 +75,11 @@ class SFROnSettings(MethodSettings):
     ``lr`` cosine-annealed at the outer step's iterations, ``momentum``, ``weight_decay``),
     a fresh optimizer state per outer step (momentum does not cross messages).
     ``fisher_max_batches`` caps the Fisher passes (None: all of the retained data).
+    ``momentum_carry``: a forgetting client with no remain step of its own in an iteration
+    (a whole-client deletion, or ``local_remain`` off) still steps its optimizer on a zero
+    gradient, so each forget gradient keeps acting through the momentum for the following
+    iterations as it does in the official loop (False: it stops after its own step, and the
+    forget steps move the model several times less; docs/SFR_ON.md).
     """
 
     iters: int = 150
@@ -90,6 +95,7 @@ class SFROnSettings(MethodSettings):
     batch_size: int = 128
     local_remain: bool = True
     fisher_max_batches: int | None = None
+    momentum_carry: bool = True
 
     def slow_optimizer(self, outer_step: int) -> tuple[float, float, float] | None:
         """SFR-on's SGD at the middle of ``outer_step``'s iterations (cosine-annealed lr)."""
@@ -265,12 +271,28 @@ class SFROnSession:
         self.remain_steps += 1
         return value
 
-    def iteration(self, t: int, *, remain: bool = True) -> None:
-        """Run iteration t: a forget step when ``t % forget_freq == 0``, then a remain step (if ``remain``)."""
+    def coast_step(self, t: int) -> None:
+        """Step iteration t's optimizer on a zero gradient: only momentum and weight decay act.
+
+        The forget part of an iteration whose remain step runs elsewhere (another party's
+        data): by linearity of SGD with momentum, the official update of iteration t is this
+        step plus that remain step.
+        """
+        self._begin(t)
+        for param in self.model.parameters():
+            param.grad = torch.zeros_like(param)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def iteration(self, t: int, *, remain: bool = True, coast: bool = False) -> None:
+        """Run iteration t: a forget step when ``t % forget_freq == 0``, then a remain step (if
+        ``remain``), else (with ``coast``) a zero-gradient step that carries the momentum."""
         if t % self.settings.forget_freq == 0:
             self.forget_step(t)
         if remain:
             self.remain_step(t)
+        elif coast and self.forget_steps:
+            self.coast_step(t)
 
     def run(self, *, remain: bool = True) -> None:
         """All ``settings.iters`` iterations (``remain=False``: the fast steps only)."""

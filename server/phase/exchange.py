@@ -10,6 +10,7 @@ same answer.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from logging import WARNING
@@ -42,8 +43,13 @@ class PhaseAborted(FedUnlearnError):
 
 @dataclass
 class PhaseStats:
-    """Messages, bytes and round trips of one phase (the cost reported next to RT's)."""
+    """Messages, bytes and round trips of one phase (the cost reported next to RT's).
 
+    Requests served together share one PhaseStats; ``phase_id`` tells their events apart
+    from another phase's, so the phase's cost is counted once.
+    """
+
+    phase_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     messages: int = 0
     bytes_down: int = 0
     bytes_up: int = 0

@@ -466,6 +466,7 @@ UNCHECKED = {
     "experiment.deletion-schedule",
     "unlearn.sfr_on.saliency",
     "unlearn.sfr_on.local-remain",
+    "unlearn.sfr_on.momentum-carry",
 }
 
 

@@ -225,3 +225,20 @@ def test_rt_cost_to_target_is_read_off_its_rounds(tmp_path: Path) -> None:
     # A deleted class is never predicted again: RT's own final accuracy is the target then.
     never = run_cost(tmp_path, retrain=True, target_accuracy=0.97)
     assert never["rounds_to_target"] == 4 and never["target_accuracy"] < 0.87
+
+
+def test_requests_served_by_one_phase_count_its_cost_once(tmp_path: Path) -> None:
+    def event(rid: str, phase: str, seconds: float) -> dict[str, Any]:
+        stats = {"phase_id": phase, "messages": 4, "bytes_down": 100, "bytes_up": 50, "round_trips": 2}
+        metrics = {"client_steps": 10.0, "client_examples": 640.0, "outer_steps": 1.0}
+        return {"type": "unlearning", "round": 5, "request_id": rid, "status": "served", "reason": None,
+                "seconds": seconds, "stats": stats, "metrics": metrics}  # fmt: skip
+
+    events = [event("a", "p1", 3.0), event("b", "p1", 3.1), event("c", "p2", 2.0)]  # a and b: one phase
+    (tmp_path / "results.json").write_text(json.dumps({"rounds": [], "events": events}))
+
+    cost = run_cost(tmp_path, retrain=False)
+
+    assert cost["phases"] == 3 and cost["phase_count"] == 2
+    assert cost["cost_round_trips"] == 4 and cost["cost_messages"] == 8 and cost["cost_bytes"] == 300
+    assert cost["cost_client_examples"] == 1280.0 and cost["cost_seconds"] == pytest.approx(5.1)

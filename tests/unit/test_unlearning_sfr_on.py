@@ -274,3 +274,24 @@ def test_remain_steps_zero_steps_and_empty_data() -> None:
             batch_size=8,
             seed=0,
         )
+
+
+def test_coasting_carries_the_forget_steps_momentum_as_the_official_loop_would() -> None:
+    # One forget step at t=0, then a zero-gradient step in every iteration (where the official
+    # loop's remain step would be, t=0 included): SGD with momentum keeps moving the weights
+    # along the forget step's direction, the k-th step by lr_t * momentum^k (no weight decay).
+    model, split = tiny_model(), make_split()
+    settings = SFROnSettings(iters=5, forget_freq=5, batch_size=64, momentum=0.9, weight_decay=0.0, clip_norm=100.0)
+
+    alone = SFROnSession(model, forget=split.forget, retain=None, mask=None, settings=settings, seed=0)
+    for t in range(5):
+        alone.iteration(t, remain=False)
+    carried = SFROnSession(model, forget=split.forget, retain=None, mask=None, settings=settings, seed=0)
+    for t in range(5):
+        carried.iteration(t, remain=False, coast=True)
+
+    factor = 1 + sum(cosine_factor(t, 5) * 0.9 ** (t + 1) for t in range(5))
+    assert alone.forget_steps == carried.forget_steps == 1
+    for name, step in alone.delta().items():
+        torch.testing.assert_close(carried.delta()[name], factor * step, rtol=1e-4, atol=1e-7)
+    assert factor > 3  # the carry is most of the forget step's effect

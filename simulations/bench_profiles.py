@@ -311,7 +311,46 @@ COST = Profile(
     },
 )
 
-PROFILES: Mapping[str, Profile] = {p.name: p for p in (QUICK, EVIDENCE, COST)}
+#: The partial-unlearning paper's methods, federated (issue "the paper's four figures"):
+#: a class held by one client, deleted by that client after the last round. Each naive method
+#: runs with its partial version's settings; ``partial_amnesiac@no-slow`` has no remain steps,
+#: which is the paper's "without fine-tuning". Final points, not per-step curves.
+PAPER_METHODS: tuple[str, ...] = (
+    "amnesiac",
+    "partial_amnesiac",
+    "partial_amnesiac@no-slow",
+    "label_flip",
+    "partial_label_flip",
+    "gradient_ascent",
+    "partial_gradient_ascent",
+)
+
+
+def _as_method(settings: Mapping[str, Any], method: str) -> dict[str, Any]:
+    """``settings`` of one method (``unlearn.<a>.key``) as another's (``unlearn.<method>.key``)."""
+    return {f"unlearn.{method}.{key.split('.', 2)[2]}": value for key, value in settings.items()}
+
+
+PAPER = Profile(
+    name="paper",
+    cells=tuple(
+        c for c in _cells(sample_share=0.05, backdoor_share=0.5, mislabel_epochs=5) if c.name == "class-only-client"
+    ),
+    seeds=(0, 1, 2),
+    settings={**_LENET, **_TARGETS},
+    methods=PAPER_METHODS,
+    method_settings={
+        **METHOD_SETTINGS,
+        "amnesiac": _as_method(METHOD_SETTINGS["partial_amnesiac"], "amnesiac"),
+        "partial_amnesiac@no-slow": {
+            **METHOD_SETTINGS["partial_amnesiac"],
+            "unlearn.partial_amnesiac.remain-steps": 0,
+        },
+        "label_flip": _as_method(METHOD_SETTINGS["partial_label_flip"], "label_flip"),
+    },
+)
+
+PROFILES: Mapping[str, Profile] = {p.name: p for p in (QUICK, EVIDENCE, COST, PAPER)}
 
 
 def with_seeds(profile: Profile, seeds: tuple[int, ...]) -> Profile:

@@ -13,11 +13,12 @@ import pytest
 from flwr.common.config import unflatten_dict
 
 from fedunlearn.run_config import config_from_sections
+from fedunlearn.unlearning import method_settings
 from simulations import bench
-from simulations.bench_profiles import EVIDENCE, PROFILES, QUICK
+from simulations.bench_profiles import EVIDENCE, PAPER, PROFILES, QUICK
 from simulations.bench_report import pooled_cells, run_rows, write_outputs
 from simulations.cli_options import config_from_args
-from simulations.comparison import Comparison, method_of, plan_runs
+from simulations.comparison import Comparison, label_config, method_of, plan_runs
 from simulations.judge import compare, ground_truth, verdict
 from simulations.scoring import run_cost
 
@@ -70,6 +71,25 @@ def test_profiles_compare_methods_with_none_budget_matched_finetune_and_rt() -> 
     assert len(EVIDENCE.seeds) >= 3 and not set(EVIDENCE.seeds) & set(EVIDENCE.tune_seeds)
     assert {"poisoned-samples", "mislabelled-samples", "class-only-client"} <= {c.name for c in EVIDENCE.cells}
     assert any(c.name == "poisoned-samples" for c in QUICK.cells)  # a discriminating sample-level cell
+
+
+def test_the_paper_profile_pairs_each_method_with_its_partial_version_on_the_same_settings(
+    tmp_path: Path, data_root: Path
+) -> None:
+    (item, *_) = bench.plan(PAPER, tmp_path, data_root=str(data_root))
+    assert item.comparison is not None
+
+    def settings(label: str) -> Any:
+        return method_settings(label_config(item.comparison, label, 10).unlearn)
+
+    for naive in ("amnesiac", "label_flip"):
+        naive_settings, partial_settings = settings(naive), settings(f"partial_{naive}")
+        assert (naive_settings.outer_steps, naive_settings.remain_steps) == (
+            partial_settings.outer_steps,
+            partial_settings.remain_steps,
+        )
+    assert settings("label_flip").lr == settings("partial_label_flip").lr
+    assert settings("partial_amnesiac@no-slow").remain_steps == 0 < settings("partial_amnesiac").remain_steps
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))

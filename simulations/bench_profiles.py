@@ -304,10 +304,18 @@ COST = Profile(
     settings={**_FULL_MNIST, **_TARGETS},
     # The amnesiac path with its slow steps in the fast exchange (two round trips in all),
     # next to the sequential one: what the saved round trip costs in fidelity.
-    methods=(*EVIDENCE_METHODS, "partial_amnesiac@parallel"),
+    # The cheaper shapes: no remain steps at all (the history sum and the commit), and the slow
+    # steps in the fast exchange on a 20% sample of the remaining clients.
+    methods=(*EVIDENCE_METHODS, "partial_amnesiac@parallel", "partial_amnesiac@no-slow", "partial_amnesiac@sampled"),
     method_settings={
         **METHOD_SETTINGS,
         "partial_amnesiac@parallel": {**METHOD_SETTINGS["partial_amnesiac"], "unlearn.parallel-slow": True},
+        "partial_amnesiac@no-slow": {**METHOD_SETTINGS["partial_amnesiac"], "unlearn.partial_amnesiac.remain-steps": 0},
+        "partial_amnesiac@sampled": {
+            **METHOD_SETTINGS["partial_amnesiac"],
+            "unlearn.parallel-slow": True,
+            "unlearn.remain-fraction": 0.2,
+        },
     },
 )
 

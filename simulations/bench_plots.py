@@ -49,25 +49,51 @@ def plot_forget_metric(pooled: Sequence[Row], path: Path) -> Path | None:
 
 
 def plot_cost(pooled: Sequence[Row], path: Path) -> Path | None:
-    """Phase wall time against the forget metric's gap to RT, one point per cell and label."""
-    points = [
-        (r["cost_seconds"], r["forget_gap_rt"], r["label"], cell["cell"])
-        for cell in pooled
-        for r in cell["rows"]
-        if r["label"] not in ("RT", "none") and r["cost_seconds"] is not None and r["forget_gap_rt"] is not None
-    ]
-    if not points:
+    """One panel per discriminating cell: each label's phase wall time as % of RT's run (log
+    scale) against its forget-metric gap to RT. Methods get a colour each and a legend;
+    fine-tune controls are small grey crosses; the dotted line is 1% of RT's time."""
+    cells = [c for c in pooled if c["discriminating"]]
+    labels = sorted({r["label"] for c in cells for r in c["rows"] if _plotted(r)})
+    methods = [lab for lab in labels if not lab.startswith("finetune")]
+    if not cells or not labels:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for seconds, gap, label, cell in points:
-        ax.scatter(seconds, gap, color=_colour(label))
-        ax.annotate(f"{label}\n{cell}", (seconds, gap), fontsize=6)
-    ax.set(xlabel="phase wall time (s)", ylabel="forget-metric gap to RT (points)", title="Cost and fidelity")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
+    colours = {lab: plt.get_cmap("tab10")(i % 10) for i, lab in enumerate(methods)}
+    cols = min(3, len(cells))
+    rows = math.ceil(len(cells) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.0 * rows), squeeze=False)
+    for ax, cell in zip(axes.flat, cells, strict=False):
+        for r in filter(_plotted, cell["rows"]):
+            x, y = 100 * r["ratio_cost_seconds"], r["forget_gap_rt"]
+            if r["label"] in colours:
+                ax.scatter(x, y, color=colours[r["label"]], s=40, label=r["label"], zorder=3)
+            else:
+                ax.scatter(x, y, color="tab:grey", marker="x", s=20, label="finetune (controls)", zorder=2)
+        ax.axvline(1.0, ls=":", color="black", lw=1)
+        ax.set_xscale("log")
+        metric = cell["forget_metric"]
+        ax.set(title=cell["cell"], xlabel="phase wall time (% of RT's run)", ylabel=f"{metric} gap to RT (points)")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(cells) :]:
+        ax.axis("off")
+    handles: dict[str, Any] = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(4, len(handles)), fontsize=8)
+    fig.suptitle("Cost and fidelity: lower left is cheap and close to RT (dotted: 1% of RT's time)")
+    fig.tight_layout(rect=(0, 0.08 + 0.02 * math.ceil(len(handles) / 4), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _plotted(row: Row) -> bool:
+    return (
+        row["label"] not in ("RT", "none")
+        and isinstance(row.get("ratio_cost_seconds"), (int, float))
+        and row["ratio_cost_seconds"] > 0
+        and row.get("forget_gap_rt") is not None
+    )
 
 
 def write_plots(pooled: Sequence[Row], out: Path) -> list[Path]:

@@ -262,3 +262,17 @@ def test_requests_served_by_one_phase_count_its_cost_once(tmp_path: Path) -> Non
     assert cost["phases"] == 3 and cost["phase_count"] == 2
     assert cost["cost_round_trips"] == 4 and cost["cost_messages"] == 8 and cost["cost_bytes"] == 300
     assert cost["cost_client_examples"] == 1280.0 and cost["cost_seconds"] == pytest.approx(5.1)
+
+
+def test_the_cost_plot_draws_discriminating_cells_only(tmp_path: Path) -> None:
+    from simulations.bench_plots import plot_cost
+
+    def pooled_row(label: str, ratio: float, gap: float) -> dict[str, Any]:
+        return {"label": label, "ratio_cost_seconds": ratio, "forget_gap_rt": gap}
+
+    rows = [pooled_row("m", 0.01, 0.2), pooled_row("finetune@m", 0.005, 80.0), pooled_row("RT", 1.0, 0.0)]
+    cell = {"cell": "c", "forget_metric": "ASR", "discriminating": True, "rows": rows}
+
+    assert plot_cost([cell], tmp_path / "cost.png") == tmp_path / "cost.png"
+    assert (tmp_path / "cost.png").stat().st_size > 0
+    assert plot_cost([{**cell, "discriminating": False}], tmp_path / "none.png") is None

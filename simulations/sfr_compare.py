@@ -1,12 +1,13 @@
 """Federated SFR-on next to centralized SFR-on on the same deletion, from a finished comparison.
 
 ``fedunlearn sfr-compare RUN_DIR [RUN_DIR ...] --out DIR``: ``RUN_DIR`` is one
-cell-seed of ``fedunlearn bench`` (``<out>/work/<cell>-s<seed>``) or of ``fedunlearn simulate``
-with a schedule. For every SFR-on label it ran (``sfr_on``, ``sfr_on@<variant>``) this scores,
-with the judge's definitions: the model before the deletion, the federated phase's model,
-SFR-on run centrally from the same weights on the pooled data (D_f = every deleted record,
-D_r = all retained records, the same settings and the same iteration budget), and RT. The
-gap between the federated and the centralized rows is what federating SFR-on costs.
+cell-seed of ``fedunlearn bench`` (a ``<cell>-s<seed>`` folder in its output's ``work``
+folder) or of ``fedunlearn simulate`` with a schedule. For every SFR-on label it ran
+(``sfr_on``, ``sfr_on@<variant>``) this scores, with the judge's definitions: the model
+before the deletion, the federated phase's model, SFR-on run centrally from the same
+weights on the pooled data (D_f = every deleted record, D_r = all retained records, the
+same settings and the same iteration budget), and RT. The gap between the federated and
+the centralized rows is what federating SFR-on costs.
 Writes ``sfr_compare.json`` and prints a table.
 """
 
@@ -136,7 +137,7 @@ def _line(row: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Score every given comparison folder; write sfr_compare.json to ``--out``."""
     parser = argparse.ArgumentParser(prog="fedunlearn sfr-compare", description=__doc__.split("\n")[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="comparison folders (<bench out>/work/<cell>-s<seed>)")
+    parser.add_argument("runs", nargs="+", type=Path, help="comparison folders (a bench output's work/<cell>-s<seed>)")
     parser.add_argument("--out", type=Path, required=True, help="folder for sfr_compare.json")
     args = parser.parse_args(argv)
     missing = [str(r) for r in args.runs if not (r / "runs" / TRUNK / "model.pt").exists()]

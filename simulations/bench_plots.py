@@ -38,6 +38,7 @@ def plot_forget_metric(pooled: Sequence[Row], path: Path) -> Path | None:
         ax.set_xticks(range(len(labels)), labels, rotation=40, ha="right", fontsize=7)
         flag = "" if cell["discriminating"] else " (not discriminating)"
         ax.set(title=f"{cell['cell']}{flag}", ylabel=f"{cell['forget_metric']} (%)")
+        ax.set_ylim(bottom=0)  # a metric in [0, 100]: a std bar does not go below it
         ax.grid(axis="y", alpha=0.3)
     for ax in list(axes.flat)[len(pooled) :]:
         ax.axis("off")

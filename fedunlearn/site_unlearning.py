@@ -205,9 +205,9 @@ def _sfr_fast_share(
     """Outer step s runs SFR-on iterations ``[s*n, (s+1)*n)`` (n = iters / outer_steps) here:
     a forget step every ``forget_freq`` iterations and, with ``local_remain`` and retained
     data, a remain step on this client's D_r in every iteration (without one, with
-    ``momentum_carry``, a zero-gradient step that carries the forget step's momentum), under one optimizer and the
-    cosine schedule (the official loop on this client's data). The other clients' remain
-    steps are the slow part.
+    ``momentum_carry``, a zero-gradient step that carries the forget step's momentum),
+    under one optimizer and the cosine schedule (the official loop on this client's data).
+    The other clients' remain steps are the slow part.
 
     The saliency mask is rebuilt at every outer step from the weights received (F_f here;
     F_r: the server's average over the remaining clients combined with this client's own

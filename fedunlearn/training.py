@@ -78,6 +78,11 @@ def make_optimizer(model: nn.Module, config: TrainConfig, *, lr: float | None = 
     )
 
 
+def has_batch_norm(model: nn.Module) -> bool:
+    """Whether ``model`` has BatchNorm layers (they then train on batches of even size)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 def train_local(
     model: nn.Module,
     dataset: IndexedDataset,
@@ -115,9 +120,10 @@ def _train(
     model.to(device).train()
     optimizer = make_optimizer(model, config)
     generator = torch.Generator().manual_seed(seed)
+    even = has_batch_norm(model)  # no tiny remainder batch to skew the running statistics
     start, total_loss, steps, examples = time.perf_counter(), 0.0, 0, 0
     for _ in range(config.local_epochs if epochs is None else epochs):
-        for batch in dataset.batches(config.batch_size, shuffle=True, generator=generator, device=device):
+        for batch in dataset.batches(config.batch_size, shuffle=True, generator=generator, device=device, even=even):
             optimizer.zero_grad(set_to_none=True)
             loss = nn.functional.cross_entropy(model(batch.inputs), batch.labels)
             if not math.isfinite(loss.item()):

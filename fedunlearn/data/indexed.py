@@ -101,12 +101,22 @@ class IndexedDataset:
         shuffle: bool = False,
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
+        even: bool = False,
     ) -> Iterator[Batch]:
-        """Yield mini-batches; with ``shuffle`` the order comes from ``generator`` (reproducible)."""
+        """Yield mini-batches; with ``shuffle`` the order comes from ``generator`` (reproducible).
+
+        ``even``: the same number of batches, their sizes differing by at most one, instead of
+        full batches and a remainder (a remainder of a few samples skews BatchNorm's running
+        statistics).
+        """
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
+        parts = (
+            torch.tensor_split(order, self.num_batches(batch_size))
+            if even and n
+            else [order[start : start + batch_size] for start in range(0, n, batch_size)]
+        )
+        for idx in parts:
             yield Batch(
                 self.inputs[idx].to(device) if device is not None else self.inputs[idx],
                 self.labels[idx].to(device) if device is not None else self.labels[idx],

@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import math
 import secrets
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -237,17 +237,23 @@ class HistoryStore:
                 refs += [StepRef(plan.entry.round, int(s), reader.index.ids_of(int(s))) for s in plan.steps]
         return refs
 
-    def sum_deltas(self, sample_ids: IdsLike, *, weighted: bool = True) -> HistorySum:
+    def sum_deltas(
+        self, sample_ids: IdsLike, *, weighted: bool = True, rounds: Collection[int] | None = None
+    ) -> HistorySum:
         """Sum of the stored (pruned) deltas of every step that touched ``sample_ids``.
 
         ``weighted=True`` scales each step by its round's weight w_k^r, as the client's
         partial amnesiac correction C_k = -sum w_k^r Delta_{k,r,b} needs (ALGORITHMS.md; the
         sign is the caller's); rounds without a weight raise HistoryError. ``weighted=False``
-        uses weight 1 (centralized amnesiac). Every record is verified; on any error nothing
-        is returned. The result is on the CPU, float32, one dense tensor per parameter.
+        uses weight 1 (centralized amnesiac). ``rounds`` limits the sum to those rounds (an
+        unlearning curve subtracts the history round by round). Every record is verified; on
+        any error nothing is returned. The result is on the CPU, float32, one dense tensor per
+        parameter.
         """
         query = _as_ids(sample_ids)
         plans, found = self._plan(query)
+        if rounds is not None:
+            plans = [p for p in plans if p.entry.round in rounds]
         weights = self._weights(plans, weighted)
         flat = {slot.name: torch.zeros(slot.numel, dtype=torch.float32) for slot in self._records.slots}
         for plan in plans:

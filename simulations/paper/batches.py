@@ -115,13 +115,15 @@ class FixedBatchDataset(IndexedDataset):
         shuffle: bool = False,
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
+        even: bool = False,
     ) -> Iterator[Batch]:
         """Yield the plan's batches (reordered with ``generator`` when ``shuffle``).
 
-        Another ``batch_size`` (a method's own passes over D_r, say) gets ordinary batches.
+        Another ``batch_size`` (a method's own passes over D_r, say) gets ordinary batches
+        (``even`` as in ``IndexedDataset.batches``); the plan's own batches are what they are.
         """
         if batch_size != self.plan.batch_size:
-            yield from super().batches(batch_size, shuffle=shuffle, generator=generator, device=device)
+            yield from super().batches(batch_size, shuffle=shuffle, generator=generator, device=device, even=even)
             return
         count = self.plan.num_batches
         order = torch.randperm(count, generator=generator).tolist() if shuffle else range(count)

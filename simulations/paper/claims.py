@@ -1,8 +1,9 @@
 """The paper's qualitative claims, checked against finished figure runs.
 
-    python -m simulations.paper claims --fig1 DIR [--fig2 DIR] [--fig4 DIR] --out DIR
+    python -m simulations.paper claims --fig1 DIR [--fig2 DIR] [--fig4 DIR] [--fig1-federated DIR] ... --out DIR
 
-reads ``fig1.json`` / ``fig2.json`` / ``fig4.json`` from those folders and writes
+reads ``fig1.json`` / ``fig2.json`` / ``fig4.json`` (and the ``--federated`` runs'
+``fig1-federated.json`` / ``fig2-federated.json`` / ``fig4-federated.json``) from those folders and writes
 ``claims.md`` and ``claims.json``: one row per claim and model with the numbers it rests
 on and a verdict. The thresholds are fixed here, before looking at any run:
 
@@ -107,7 +108,13 @@ def curve_claims(figure: str, cell: dict[str, Any]) -> list[Claim]:
     out = _partial_amnesiac(where, final, original, refs) if "partial_amnesiac" in final else []
     if "amnesiac" in final and "amnesiac+ft" in refs:
         out += _amnesiac(where, final, original, refs)
-    for naive in ("label_flip", "gradient_ascent"):
+    elif "amnesiac" in final:  # no fine-tuned reference (the federated figures): the first half only
+        a = final["amnesiac"]
+        numbers = f"RA {pct(original['RA'])} -> {pct(a['RA'])} (FA {pct(original['FA'])} -> {pct(a['FA'])})"
+        out.append(
+            _claim(where, "conventional amnesiac loses RA without fine-tuning", not _keeps(a, original), numbers)
+        )
+    for naive in ("amnesiac", "label_flip", "gradient_ascent"):
         if naive in final and f"partial_{naive}" in final:
             out += _partial_steps(where, final, naive, cell["curves"])
     return out
@@ -135,10 +142,22 @@ def affected_claims(cells: dict[str, Any]) -> list[Claim]:
     return out
 
 
+def _curves(figure: str, data: dict[str, Any]) -> list[Claim]:
+    return [c for cell in data["cells"].values() for c in curve_claims(figure, cell)]
+
+
+def _affected(figure: str, data: dict[str, Any]) -> list[Claim]:
+    return [{**c, "figure": figure} for c in affected_claims(data["cells"])]
+
+
+#: Figure (its JSON's stem, and the option naming its folder) -> the claims it tests.
 READERS: dict[str, Callable[[str, dict[str, Any]], list[Claim]]] = {
-    "fig1": lambda f, d: [c for cell in d["cells"].values() for c in curve_claims(f, cell)],
-    "fig2": lambda f, d: [c for cell in d["cells"].values() for c in curve_claims(f, cell)],
-    "fig4": lambda f, d: affected_claims(d["cells"]),
+    "fig1": _curves,
+    "fig2": _curves,
+    "fig4": _affected,
+    "fig1-federated": _curves,
+    "fig2-federated": _curves,
+    "fig4-federated": _affected,
 }
 
 
@@ -158,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(None if argv is None else list(argv))
     claims: list[Claim] = []
     for figure, read in READERS.items():
-        folder = getattr(args, figure)
+        folder = getattr(args, figure.replace("-", "_"))
         if folder is not None:
             claims += read(figure, json.loads((folder / f"{figure}.json").read_text()))
     args.out.mkdir(parents=True, exist_ok=True)

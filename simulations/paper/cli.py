@@ -53,6 +53,20 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def add_federated(parser: argparse.ArgumentParser) -> None:
+    """``--federated``: train with five Flower clients and serve the deletion on one of them."""
+    parser.add_argument(
+        "--federated",
+        action="store_true",
+        help="train with 5 Flower clients, client 1 deleting the class (writes <figure>-federated.json/.png)",
+    )
+
+
+def figure_name(figure: str, args: argparse.Namespace) -> str:
+    """The output files' stem: ``fig1``, or ``fig1-federated`` for a federated run."""
+    return f"{figure}-federated" if args.federated else figure
+
+
 def setup_from(args: argparse.Namespace, *, quick: PaperSetup, full: PaperSetup, **extra: Any) -> PaperSetup:
     """The quick or full setup with the command line's overrides (and ``extra`` fields) applied."""
     base = quick if args.quick else full

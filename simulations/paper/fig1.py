@@ -8,10 +8,12 @@ accuracy on the deleted and on the retained samples after each unlearning step (
 ``simulations.paper.curves``), next to the model before unlearning, RT, and conventional
 amnesiac followed by its fine-tuning.
 
-    python -m simulations.paper fig1 --out results/paper/fig1 [--quick]
+    python -m simulations.paper fig1 --out results/paper/fig1 [--quick] [--federated]
 
 Writes OUT/fig1.json (settings, seed, per model: training cost, the deletion, every curve,
-the references) and OUT/fig1.png.
+the references) and OUT/fig1.png. ``--federated`` trains each model with five Flower
+clients, client 1 holding and deleting the class (``simulations.paper.federated``), and
+writes OUT/fig1-federated.json/.png.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from simulations.centralized_training import compute_correction, with_delta
 from simulations.paper import cli
 from simulations.paper.batches import DELETION_KINDS
 from simulations.paper.curves import Probe, unlearning_curve
+from simulations.paper.federated import curves_compute
 from simulations.paper.plotting import plot_curves
 from simulations.paper.runner import run_models
 from simulations.paper.settings import CURVE_LABELS, FULL_MNIST, QUICK_MNIST, REFERENCE_LABELS, PaperSetup, row
@@ -84,24 +87,33 @@ def add_deletion_args(parser: Any) -> None:
     parser.add_argument("--affected", type=float, default=1.0, help="fraction of batches holding a deleted sample (1)")
 
 
+def check_federated(args: Any) -> None:
+    """A federated run deletes a whole class held by one client: refuse other deletions up front."""
+    if args.federated and (args.delete != "class" or args.affected != 1.0):
+        raise SystemExit("--federated deletes the class its client holds; it takes no --delete or --affected")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``fedunlearn paper fig1``."""
     parser = cli.parser(__doc__ or "")
     add_deletion_args(parser)
+    cli.add_federated(parser)
     args = parser.parse_args(cli.argv_list(argv))
     cli.start(args)
+    check_federated(args)
     setup = cli.setup_from(args, quick=QUICK_MNIST, full=FULL_MNIST, delete=args.delete, affected=args.affected)
     data = run_models(
-        "fig1",
+        cli.figure_name("fig1", args),
         setup,
         labels=LABELS,
-        compute=compute_model,
+        compute=curves_compute(args.data_root) if args.federated else compute_model,
         draw=plot_curves,
         out=args.out,
         data_root=args.data_root,
         fresh=args.fresh,
     )
-    print(f"fig1: {len(data['cells'])} model(s) in {data['wall_seconds']:.0f}s -> {args.out}")
+    name = cli.figure_name("fig1", args)
+    print(f"{name}: {len(data['cells'])} model(s) in {data['wall_seconds']:.0f}s -> {args.out}")
     return 0
 
 

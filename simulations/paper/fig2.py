@@ -6,9 +6,10 @@ official ``medmnist`` class. When that file is missing and ``--dataset`` was not
 command says so and runs the same figure on MNIST, recording the fallback in the JSON and
 the PNG title; ``--dataset mnist`` asks for MNIST outright.
 
-    python -m simulations.paper fig2 --out results/paper/fig2 [--quick] [--dataset mnist]
+    python -m simulations.paper fig2 --out results/paper/fig2 [--quick] [--dataset mnist] [--federated]
 
-Writes OUT/fig2.json and OUT/fig2.png.
+Writes OUT/fig2.json and OUT/fig2.png (``--federated``: OUT/fig2-federated.json/.png, see
+``simulations.paper.federated``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import sys
 from collections.abc import Sequence
 
 from simulations.paper import cli
-from simulations.paper.fig1 import LABELS, add_deletion_args, compute_model
+from simulations.paper.federated import curves_compute
+from simulations.paper.fig1 import LABELS, add_deletion_args, check_federated, compute_model
 from simulations.paper.plotting import plot_curves
 from simulations.paper.runner import run_models
 from simulations.paper.settings import FULL_ORGAN, QUICK_ORGAN
@@ -31,8 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = cli.parser(__doc__ or "")
     parser.add_argument("--dataset", default=None, help=f"dataset ({DEFAULT_DATASET}; falls back to mnist if missing)")
     add_deletion_args(parser)
+    cli.add_federated(parser)
     args = parser.parse_args(cli.argv_list(argv))
     cli.start(args)
+    check_federated(args)
     setup = cli.setup_from(
         args,
         quick=QUICK_ORGAN,
@@ -43,10 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     fallback = FALLBACK_DATASET if args.dataset is None else None
     data = run_models(
-        "fig2",
+        cli.figure_name("fig2", args),
         setup,
         labels=LABELS,
-        compute=compute_model,
+        compute=curves_compute(args.data_root) if args.federated else compute_model,
         draw=plot_curves,
         out=args.out,
         data_root=args.data_root,

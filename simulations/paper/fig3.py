@@ -10,15 +10,17 @@ map that fades after unlearning is a model that no longer finds the class. The J
 on up to 300 test images per class: accuracy, mean probability of the true class, mean
 Grad-CAM value.
 
-    python -m simulations.paper fig3 --out results/paper/fig3 [--quick]
+    python -m simulations.paper fig3 --out results/paper/fig3 [--quick] [--federated]
 
-Writes OUT/fig3.json (the maps, rounded, and the summaries) and OUT/fig3.png.
+Writes OUT/fig3.json (the maps, rounded, and the summaries) and OUT/fig3.png
+(``--federated``: OUT/fig3-federated.json/.png, the models from a Flower federation).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,9 @@ from simulations.centralized_training import capped, compute_correction, with_de
 from simulations.paper import cli
 from simulations.paper.cam import grad_cam, predictions, summarize
 from simulations.paper.cam_plot import plot_cams
-from simulations.paper.runner import run_models
+from simulations.paper.federated import federation_facts
+from simulations.paper.federation import train_federation
+from simulations.paper.runner import ComputeModel, run_models
 from simulations.paper.settings import CURVE_LABELS, FULL_MNIST, QUICK_MNIST, PaperSetup, row
 from simulations.paper.training import delete, train_model
 
@@ -80,19 +84,21 @@ def variant(model: torch.nn.Module, shown: IndexedDataset, classes: dict[int, In
     }
 
 
-def compute_model(
-    setup: PaperSetup, profile: Profile, bundle: DatasetBundle, name: str, *, workdir: Path
+def cam_cell(
+    setup: PaperSetup,
+    name: str,
+    models: dict[str, torch.nn.Module],
+    failed: dict[str, str],
+    *,
+    test: IndexedDataset,
+    size: int,
 ) -> dict[str, Any]:
-    """One model's grid and summaries."""
-    trained = train_model(setup, profile, bundle, name, workdir=workdir)
-    placement, split = delete(trained, setup)
-    models, failed = unlearned_models(trained, setup, profile, split)
-    test = trained.cell.test
+    """One model's grid and summaries, from its original, RT and unlearned versions."""
     classes = {c: class_images(test, c, SUMMARY_IMAGES, setup.seed) for c in (setup.forget_class, RETAINED_CLASS)}
     shown = IndexedDataset.concat([class_images(test, c, IMAGES_PER_CLASS, setup.seed + 1) for c in classes])
     return {
         "model": name,
-        "deletion": {"kind": setup.delete, "forget_class": setup.forget_class, "size": len(placement.ids)},
+        "deletion": {"kind": setup.delete, "forget_class": setup.forget_class, "size": size},
         "retained_class": RETAINED_CLASS,
         "images": {"pixels": np.round(shown.inputs[:, 0].numpy(), 3).tolist(), "labels": shown.labels.tolist()},
         "variants": {label: variant(m, shown, classes) for label, m in models.items()},
@@ -100,23 +106,59 @@ def compute_model(
     }
 
 
+def compute_model(
+    setup: PaperSetup, profile: Profile, bundle: DatasetBundle, name: str, *, workdir: Path
+) -> dict[str, Any]:
+    """One model's grid and summaries, trained centrally."""
+    trained = train_model(setup, profile, bundle, name, workdir=workdir)
+    placement, split = delete(trained, setup)
+    models, failed = unlearned_models(trained, setup, profile, split)
+    return cam_cell(setup, name, models, failed, test=trained.cell.test, size=len(placement.ids))
+
+
+def federated_compute(data_root: str | None) -> ComputeModel:
+    """The compute function of ``--federated``: the models come from a Flower federation in
+    which client 1 deletes the class it alone holds (``simulations.paper.federated``); each
+    method's model is the global model plus that client's change."""
+
+    def compute(
+        setup: PaperSetup, profile: Profile, bundle: DatasetBundle, name: str, *, workdir: Path
+    ) -> dict[str, Any]:
+        start = time.perf_counter()
+        fed = train_federation(setup, name, workdir=workdir, data_root=data_root)
+        seconds = time.perf_counter() - start
+        models: dict[str, torch.nn.Module] = {"original": fed.model, "RT": fed.rt}
+        failed: dict[str, str] = {}
+        for label in CURVE_LABELS:
+            try:
+                models[label] = with_delta(fed.model, fed.correction(label).delta)
+            except UnlearningError as err:
+                failed[label] = str(err)
+        cell = cam_cell(setup, name, models, failed, test=fed.truth.test, size=len(fed.split.forget))
+        return {**cell, "federation": federation_facts(fed, seconds)}
+
+    return compute
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``fedunlearn paper fig3``."""
     parser = cli.parser(__doc__ or "")
+    cli.add_federated(parser)
     args = parser.parse_args(cli.argv_list(argv))
     cli.start(args)
     setup = cli.setup_from(args, quick=QUICK, full=FULL)
     data = run_models(
-        "fig3",
+        cli.figure_name("fig3", args),
         setup,
         labels=LABELS,
-        compute=compute_model,
+        compute=federated_compute(args.data_root) if args.federated else compute_model,
         draw=plot_cams,
         out=args.out,
         data_root=args.data_root,
         fresh=args.fresh,
     )
-    print(f"fig3: {len(data['cells'])} model(s) in {data['wall_seconds']:.0f}s -> {args.out}")
+    name = cli.figure_name("fig3", args)
+    print(f"{name}: {len(data['cells'])} model(s) in {data['wall_seconds']:.0f}s -> {args.out}")
     return 0
 
 

@@ -9,10 +9,11 @@ efficacy) and on the deleted samples after conventional and partial amnesiac unl
 (no fine-tuning), next to the model before unlearning and RT (``--no-rt`` skips RT).
 The share of affected steps is also measured from the recorded history.
 
-    python -m simulations.paper fig4 --out results/paper/fig4 [--quick] [--delete sample]
+    python -m simulations.paper fig4 --out results/paper/fig4 [--quick] [--delete sample] [--federated]
 
 Writes OUT/fig4.json (one cell per model and p) and OUT/fig4.png. Exact percentages need a
 batch count divisible by 100: the full run uses 57,600 MNIST images (900 batches of 64).
+``--federated``: the same figure from a Flower federation (``simulations.paper.fig4_federated``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from simulations.centralized_training import check_methods, compute_correction, 
 from simulations.paper import cli
 from simulations.paper.batches import DELETION_KINDS
 from simulations.paper.curves import Probe
+from simulations.paper.fig4_federated import main_federated
 from simulations.paper.plotting import plot_affected
 from simulations.paper.results import FigureResults
 from simulations.paper.settings import FULL_MNIST, QUICK_MNIST, PaperSetup, row
@@ -110,9 +112,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = cli.parser(__doc__ or "")
     parser.add_argument("--delete", choices=DELETION_KINDS, default="class", help="what each affected batch loses")
     parser.add_argument("--no-rt", action="store_true", help="skip retraining (RT) at every point")
+    cli.add_federated(parser)
     args = parser.parse_args(cli.argv_list(argv))
     cli.start(args)
     setup = cli.setup_from(args, quick=QUICK, full=FULL, delete=args.delete)
+    if args.federated:
+        return main_federated(setup, FRACTIONS, args)
     data = run(setup, out=args.out, data_root=args.data_root, fresh=args.fresh, rt=not args.no_rt)
     print(f"fig4: {len(data['cells'])} point(s) in {data['wall_seconds']:.0f}s -> {args.out}")
     return 0

@@ -35,6 +35,9 @@ def style(label: str) -> dict[str, Any]:
 def _deletion_text(cell: dict[str, Any]) -> str:
     d = cell["deletion"]
     what = f"class {d['forget_class']}" if d["kind"] == "class" else "1 sample per batch"
+    fed = cell.get("federation")
+    if fed is not None:  # a Flower federation: one client holds and deletes the class
+        return f"{d['size']} samples ({what}) held and deleted by client {fed['forgetting_client']} of {fed['clients']}"
     return f"{d['size']} samples ({what}) in {100 * d['affected_fraction']:.0f}% of batches"
 
 

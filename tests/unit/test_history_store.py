@@ -102,6 +102,22 @@ def test_weighted_sum_uses_round_weights(recorded) -> None:  # type: ignore[no-u
         assert torch.allclose(total.delta[name], 0.25 * changes[0][name] + 0.75 * changes[1][name], atol=1e-6)
 
 
+def test_sum_limited_to_rounds_is_that_round_and_the_parts_add_up(recorded) -> None:  # type: ignore[no-untyped-def]
+    # Prepare
+    store, _, data, _, changes = recorded
+    store.set_round_weight(1, 0.25)
+    store.set_round_weight(2, 0.75)
+    # Execute
+    first, second = store.sum_deltas(data.ids(), rounds=[1]), store.sum_deltas(data.ids(), rounds={2})
+    total = store.sum_deltas(data.ids())
+    # Assert: one round's sum is that round's weighted change; the rounds add up to the whole
+    assert first.rounds == (1,) and second.rounds == (2,)
+    assert first.num_steps + second.num_steps == total.num_steps
+    for name in changes[0]:
+        assert torch.allclose(first.delta[name], 0.25 * changes[0][name], atol=1e-6)
+        assert torch.allclose(first.delta[name] + second.delta[name], total.delta[name], atol=1e-6)
+
+
 def test_missing_weight_names_the_rounds(recorded) -> None:  # type: ignore[no-untyped-def]
     # Prepare
     store, _, data, _, _ = recorded

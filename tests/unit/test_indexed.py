@@ -202,3 +202,49 @@ def test_with_labels_keeps_inputs_and_ids() -> None:
     assert flipped.labels.dtype == torch.int64 and flipped.labels.tolist() == [2] * len(IDS)
     assert torch.equal(flipped.inputs, ds.inputs) and torch.equal(flipped.sample_ids, ds.sample_ids)
     assert ds.labels.tolist() == [i % 3 for i in IDS]  # the original is untouched
+
+
+@pytest.mark.parametrize(("size", "batch_size"), [(7, 3), (7, 7), (7, 10), (130, 64), (0, 4)])
+def test_even_batches_are_as_many_as_full_ones_and_differ_by_at_most_one(size: int, batch_size: int) -> None:
+    # Prepare
+    ds = _dataset(list(range(size))) if size else _dataset([1]).without_ids([1])
+    # Execute
+    sizes = [len(b.labels) for b in ds.batches(batch_size, even=True)]
+    ids = [
+        int(i)
+        for b in ds.batches(batch_size, shuffle=True, generator=torch.Generator().manual_seed(0), even=True)
+        for i in b.sample_ids
+    ]
+    # Assert: same count as full batches, no remainder batch, every sample once
+    assert len(sizes) == ds.num_batches(batch_size)
+    assert not sizes or max(sizes) - min(sizes) <= 1
+    assert sorted(ids) == list(range(size))
+
+
+def test_training_a_batch_norm_model_has_no_small_remainder_batch() -> None:
+    # Prepare: 130 samples in batches of 64 would leave a remainder of 2
+    from torch import nn
+
+    from fedunlearn.config import TrainConfig
+    from fedunlearn.training import train_local
+
+    sizes: list[int] = []
+
+    class Sizes:
+        def before_step(self, model: nn.Module) -> None:
+            pass
+
+        def after_step(self, model: nn.Module, sample_ids: torch.Tensor) -> None:
+            sizes.append(len(sample_ids))
+
+    ds = _dataset(list(range(130)))
+    bn = nn.Sequential(nn.Flatten(), nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 3))
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    config = TrainConfig(model="mlp", batch_size=64, lr=0.01, local_epochs=1)
+    # Execute
+    train_local(bn, ds, config=config, seed=0, observer=Sizes())
+    with_bn, sizes = sizes, []
+    train_local(plain, ds, config=config, seed=0, observer=Sizes())
+    # Assert: BatchNorm trains on 3 batches of 43-44; a model without it keeps full batches
+    assert sorted(with_bn) == [43, 43, 44]
+    assert sizes == [64, 64, 2]

@@ -35,7 +35,7 @@ def verdicts(claims: list[dict[str, Any]]) -> dict[str, str]:
 def test_the_papers_story_yields_holds_everywhere() -> None:
     found = verdicts(curve_claims("fig1", cell(partial_ra=0.96, amnesiac_ra=0.2, ft_ra=0.95)))
 
-    assert set(found.values()) == {"holds"} and len(found) == 4
+    assert set(found.values()) == {"holds"} and len(found) == 5
 
 
 def test_a_partial_amnesiac_that_loses_retained_accuracy_is_reported() -> None:
@@ -69,7 +69,22 @@ def test_command_writes_the_table_from_a_figure_file(tmp_path: Path) -> None:
     table = (tmp_path / "claims" / "claims.md").read_text()
     rows = json.loads((tmp_path / "claims" / "claims.json").read_text())["claims"]
     assert "| fig1 | lenet | partial amnesiac keeps RA without fine-tuning | RA 97.0 -> 40.0" in table
-    assert len(rows) == 4 and {r["figure"] for r in rows} == {"fig1"}
+    assert len(rows) == 5 and {r["figure"] for r in rows} == {"fig1"}
+
+
+def test_federated_figures_are_read_and_amnesiac_without_reference_is_judged_on_ra(tmp_path: Path) -> None:
+    # Prepare: a federated Figure 1 has no fine-tuned amnesiac reference
+    federated = cell(partial_ra=0.95, amnesiac_ra=0.96, ft_ra=0.0)
+    del federated["references"]["amnesiac+ft"]
+    FigureResults(tmp_path / "f", "fig1-federated", settings={"seed": 0}).put("lenet", federated)
+    # Execute
+    main(["--fig1-federated", str(tmp_path / "f"), "--out", str(tmp_path / "claims")])
+    # Assert: both amnesiac versions keep RA here, so neither "loses RA" nor "damages less" holds
+    rows = {r["claim"]: r for r in json.loads((tmp_path / "claims" / "claims.json").read_text())["claims"]}
+    assert {r["figure"] for r in rows.values()} == {"fig1-federated"}
+    assert rows["partial amnesiac keeps RA without fine-tuning"]["verdict"] == "holds"
+    assert rows["conventional amnesiac loses RA without fine-tuning"]["verdict"] == "does not hold"
+    assert rows["partial_amnesiac damages RA less than amnesiac"]["verdict"] == "does not hold"
 
 
 def test_a_comparison_with_a_diverged_method_is_not_measured() -> None:

@@ -70,8 +70,11 @@ def _plot_cell(data: dict[str, Any], cell: dict[str, Any], path: Path) -> Path:
     fig = plt.figure(figsize=(1.45 * cols, 1.6 * rows + 0.8))
     _draw_cell(fig, cell)
     forgotten, kept = cell["deletion"]["forget_class"], cell["retained_class"]
+    fed = cell.get("federation")
+    where = f" (Flower, {fed['clients']} clients; client {fed['forgetting_client']} deletes)" if fed else ""
     fig.suptitle(
-        f"FIG3 — {data['settings']['dataset']} / {cell['model']}: Grad-CAM of the true class, class {forgotten} "
+        f"{data['figure'].upper()} — {data['settings']['dataset']} / {cell['model']}{where}: Grad-CAM of the true "
+        f"class, class {forgotten} "
         f"forgotten, class {kept} retained (green title: correct prediction)"
         + (f"\nnot shown, the method failed: {', '.join(cell['failed'])}" if cell.get("failed") else ""),
         fontsize=9,

@@ -12,16 +12,17 @@ The ``Federation`` it returns is what the forgetting client has on its own disk 
 training (its data, its layer-wise pruned and its dense update history, each step stored
 with its FedAvg round weight) and the global model the server holds. ``correction`` is the
 change that client computes in the fast exchange of a phase (the same method code, its
-history weighted as in ``fedunlearn.site_unlearning.fast_correction``); the server's fast
-step adds it to the global model. ``history_sum`` is a history method's correction limited
-to some rounds: a curve subtracts the history round by round.
+history weighted as in ``fedunlearn.site_unlearning.fast_correction``), with the settings
+the caller gives (the figures pass the centralized figure's, so both run the same
+methods); the server's fast step adds it to the global model. ``history_sum`` is a history
+method's correction limited to some rounds: a curve subtracts the history round by round.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,8 @@ from fedunlearn.run_config import config_from_sections
 from fedunlearn.site import ClientSite
 from fedunlearn.site_unlearning import forget_split
 from fedunlearn.types import Delta
-from fedunlearn.unlearning import Correction, UnlearnContext, get_method, method_settings
+from fedunlearn.unlearning import Correction, UnlearnContext, get_method
 from fedunlearn.unlearning.base import ForgetRetainSplit
-from simulations.bench_profiles import PAPER
 from simulations.comparison import RT, TRUNK, Comparison, plan_runs
 from simulations.driver import run_simulation_of
 from simulations.judge import GroundTruth, ground_truth, scheduled_ids
@@ -49,8 +49,6 @@ from simulations.paper.settings import PaperSetup
 #: Clients of a federated figure, and the one that holds (and deletes) the forgotten class.
 NUM_CLIENTS = 5
 FORGETTING_CLIENT = 1
-#: Phase settings of the methods: those of the benchmark's federated ``paper`` profile.
-PHASE_SETTINGS: Mapping[str, Mapping[str, Any]] = PAPER.method_settings
 
 
 def federation_flat(setup: PaperSetup, model: str, *, data_root: str | None) -> dict[str, Any]:
@@ -93,12 +91,6 @@ class Federation:
     rounds: list[int]  # the rounds the client's history holds
     seed: int
 
-    def settings(self, method: str, **extra: Any) -> Any:
-        """The method's phase settings (the benchmark's, ``extra`` on top)."""
-        flat = {"unlearn.method": method, **PHASE_SETTINGS.get(method, {})}
-        config = config_from_sections(unflatten_dict(flat))
-        return dataclasses.replace(method_settings(config.unlearn, method), **extra)
-
     @property
     def recorded_steps(self) -> int:
         """The client's recorded local steps (its dense history)."""
@@ -115,8 +107,8 @@ class Federation:
         directory = self.site.full_history_dir if dense else self.site.history_dir
         return HistoryStore.open_existing(directory, model=self.model, config=config)
 
-    def correction(self, method: str, **extra: Any) -> Correction:
-        """The client's fast change for ``method`` from the global model (``extra``: e.g. max_steps)."""
+    def correction(self, method: str, settings: Any) -> Correction:
+        """The client's fast change for ``method`` (with ``settings``) from the global model."""
         context = UnlearnContext(
             history=self.history(method),
             history_weighted=True,
@@ -124,7 +116,6 @@ class Federation:
             seed=self.seed,
             model_factory=self.site.build_model,
         )
-        settings = self.settings(method, **extra)
         return get_method(method)(self.model, split=self.split, settings=settings, context=context)
 
     def history_sum(self, method: str, rounds: Collection[int]) -> tuple[int, Delta]:

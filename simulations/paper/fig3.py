@@ -35,7 +35,7 @@ from simulations.centralized_training import capped, compute_correction, with_de
 from simulations.paper import cli
 from simulations.paper.cam import grad_cam, predictions, summarize
 from simulations.paper.cam_plot import plot_cams
-from simulations.paper.federated import federation_facts
+from simulations.paper.federated import client_change, federation_facts
 from simulations.paper.federation import train_federation
 from simulations.paper.runner import ComputeModel, run_models
 from simulations.paper.settings import CURVE_LABELS, FULL_MNIST, QUICK_MNIST, PaperSetup, row
@@ -119,7 +119,8 @@ def compute_model(
 def federated_compute(data_root: str | None) -> ComputeModel:
     """The compute function of ``--federated``: the models come from a Flower federation in
     which client 1 deletes the class it alone holds (``simulations.paper.federated``); each
-    method's model is the global model plus that client's change."""
+    method's model is the global model plus that client's change, with the centralized
+    figure's hyper-parameters."""
 
     def compute(
         setup: PaperSetup, profile: Profile, bundle: DatasetBundle, name: str, *, workdir: Path
@@ -131,7 +132,7 @@ def federated_compute(data_root: str | None) -> ComputeModel:
         failed: dict[str, str] = {}
         for label in CURVE_LABELS:
             try:
-                models[label] = with_delta(fed.model, fed.correction(label).delta)
+                models[label] = with_delta(fed.model, client_change(fed, profile, label))
             except UnlearningError as err:
                 failed[label] = str(err)
         cell = cam_cell(setup, name, models, failed, test=fed.truth.test, size=len(fed.split.forget))

@@ -32,9 +32,10 @@ from tqdm import tqdm
 from fedunlearn.data import IndexedDataset
 from fedunlearn.history.results import StepRef
 from fedunlearn.site_unlearning import forget_split
+from simulations.centralized_profiles import Profile
 from simulations.centralized_training import capped, with_delta
 from simulations.paper.curves import Probe
-from simulations.paper.federated import federation_facts
+from simulations.paper.federated import client_change, federation_facts
 from simulations.paper.federation import Federation, train_federation
 from simulations.paper.plotting import plot_affected
 from simulations.paper.results import FigureResults
@@ -64,7 +65,9 @@ def place_on_steps(
     return np.asarray(sorted(chosen), dtype=np.int64), len(touched) / total
 
 
-def compute_point(fed: Federation, setup: PaperSetup, fraction: float, steps: Sequence[StepRef]) -> dict[str, Any]:
+def compute_point(
+    fed: Federation, setup: PaperSetup, profile: Profile, fraction: float, steps: Sequence[StepRef]
+) -> dict[str, Any]:
     """One model at one share of affected steps: the methods' FA/RA/TA and the original's."""
     whole_class = fed.split.forget
     ids, share = place_on_steps(steps, whole_class.ids(), fraction=fraction, total=fed.recorded_steps, seed=setup.seed)
@@ -75,7 +78,7 @@ def compute_point(fed: Federation, setup: PaperSetup, fraction: float, steps: Se
     probe = Probe(
         capped(point.split.forget, cap, seed, 11), capped(retain, cap, seed, 12), capped(fed.truth.test, cap, seed, 13)
     )
-    methods = {label: probe.measure(with_delta(fed.model, point.correction(label).delta)) for label in _METHODS}
+    methods = {label: probe.measure(with_delta(fed.model, client_change(point, profile, label))) for label in _METHODS}
     return {
         "model": fed.site.config.train.model,
         "target_fraction": fraction,
@@ -92,6 +95,7 @@ def run_federated(
     setup: PaperSetup, fractions: Sequence[float], *, out: Path, data_root: str | None, fresh: bool
 ) -> dict[str, Any]:
     """Every (model, fraction) point not finished yet, one federation per model."""
+    profile = setup.profile(_METHODS)
     results = FigureResults(out, FIGURE, settings={**setup.to_dict(), "fractions": list(fractions)}, fresh=fresh)
     results.note(requested=setup.dataset, used=setup.dataset)
     for name in tqdm(setup.models, desc=FIGURE):
@@ -106,7 +110,7 @@ def run_federated(
             assert store is not None  # the federation records the dense history
             steps = store.affected_steps(fed.split.forget.ids())
             for fraction in tqdm(missing, desc=f"{FIGURE} {name}", leave=False):
-                point = compute_point(fed, setup, fraction, steps)
+                point = compute_point(fed, setup, profile, fraction, steps)
                 results.put(f"{name}/{fraction:g}", {**point, "federation": facts})
         plot_affected(results.data, out / f"{FIGURE}.png")
     data = results.finish()

@@ -53,6 +53,7 @@ def test_fig1_federated_curves_come_from_the_flower_federation(tmp_path: Path, d
     original, rt, curves = cell["original"], cell["references"]["RT"], cell["curves"]
     assert cell["federation"]["clients"] == 5 and cell["federation"]["rounds"] == [1, 2]
     assert rt["FA"] < 0.02  # RT's federation never saw class 3: it never predicts it
+    assert set(cell["references"]) == {"RT", "amnesiac+ft"}
     for label in ("amnesiac", "partial_amnesiac"):
         curve = curves[label]
         assert len(curve["steps"]) == 3 and curve["steps"][0] == 0  # before, then after each round's steps

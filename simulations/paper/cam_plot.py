@@ -9,6 +9,7 @@ Tile titles: predicted label and its probability.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -72,13 +73,14 @@ def _plot_cell(data: dict[str, Any], cell: dict[str, Any], path: Path) -> Path:
     forgotten, kept = cell["deletion"]["forget_class"], cell["retained_class"]
     fed = cell.get("federation")
     where = f" (Flower, {fed['clients']} clients; client {fed['forgetting_client']} deletes)" if fed else ""
-    fig.suptitle(
+    lines = [
         f"{data['figure'].upper()} — {data['settings']['dataset']} / {cell['model']}{where}: Grad-CAM of the true "
-        f"class, class {forgotten} "
-        f"forgotten, class {kept} retained (green title: correct prediction)"
-        + (f"\nnot shown, the method failed: {', '.join(cell['failed'])}" if cell.get("failed") else ""),
-        fontsize=9,
-    )
+        f"class, class {forgotten} forgotten, class {kept} retained (green title: correct prediction)"
+    ]
+    if cell.get("failed"):
+        lines.append(f"not shown, the method failed: {', '.join(cell['failed'])}")
+    # about 14 characters of a 9-point title per inch of figure width
+    fig.suptitle("\n".join(textwrap.fill(line, width=int(14 * 1.45 * cols)) for line in lines), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

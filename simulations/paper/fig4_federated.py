@@ -48,7 +48,10 @@ _METHODS = ("amnesiac", "partial_amnesiac")
 def place_on_steps(
     steps: Sequence[StepRef], candidates: np.ndarray, *, fraction: float, total: int, seed: int
 ) -> tuple[np.ndarray, float]:
-    """Candidates in a seeded order until at least ``fraction`` of ``total`` steps hold one; (ids, share)."""
+    """Candidates in a seeded order until at least ``fraction`` of ``total`` steps hold one; (ids, share).
+
+    ``fraction`` 1 takes every candidate (the whole class, as RT deleted it), not only as many
+    as it takes to touch every step."""
     held: dict[int, set[tuple[int, int]]] = {}
     wanted = set(candidates.tolist())
     for ref in steps:
@@ -58,7 +61,7 @@ def place_on_steps(
     chosen: list[int] = []
     touched: set[tuple[int, int]] = set()
     for sample in order:
-        if len(touched) >= fraction * total and chosen:
+        if fraction < 1.0 and len(touched) >= fraction * total and chosen:
             break
         chosen.append(int(sample))
         touched |= held[int(sample)]

@@ -111,8 +111,12 @@ def plot_affected(data: dict[str, Any], path: Path) -> Path | None:
             )
             if all("RT" in c for c in rows):
                 ax.plot(xs, [100 * c["RT"][key] for c in rows], color="black", linestyle="-.", label="RT (retrained)")
+            else:  # the federated figure retrains only for the whole class
+                rt = [(x, 100 * c["RT"][key]) for x, c in zip(xs, rows, strict=True) if "RT" in c]
+                if rt:
+                    ax.plot(*zip(*rt, strict=True), "k*", markersize=11, label="RT (retrained)")
             ax.set_xscale("log")
-            ax.set_xticks(xs, [f"{x:g}" for x in xs])
+            ax.set_xticks(xs, [f"{x:.3g}" for x in xs])
             ax.set_title(f"{model}: accuracy on {what}")
             ax.set_xlabel("batches holding a deleted sample (% of all recorded steps)")
             ax.set_ylabel("accuracy (%)")
@@ -121,8 +125,11 @@ def plot_affected(data: dict[str, Any], path: Path) -> Path | None:
         pair[0].legend(fontsize=8, loc="lower left")
     kind = data["settings"]["delete"]
     what = f"class {data['settings']['forget_class']} samples" if kind == "class" else "one random sample"
+    federated = data["figure"].endswith("federated")
+    where = "\n5 Flower clients, client 1 deleting; the share of its recorded steps is measured" if federated else ""
     fig.suptitle(
-        f"FIG4 — {data['settings']['dataset']}: efficacy vs affected batches (deleting {what} per affected batch)"
+        f"{data['figure'].upper()} — {data['settings']['dataset']}: efficacy vs affected batches "
+        f"(deleting {what} per affected batch){where}"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=100)

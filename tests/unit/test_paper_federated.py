@@ -32,7 +32,17 @@ def test_placement_reaches_the_share_with_candidates_only_and_no_more(fraction: 
     assert share == len(touched) / len(steps)
     assert set(ids.tolist()) <= set(candidates.tolist())
     assert share >= fraction or len(ids) == len(candidates)
-    assert share < fraction + 3 / len(steps) or len(ids) == 1
+    if fraction < 1.0:
+        assert share < fraction + 3 / len(steps) or len(ids) == 1
+
+
+def test_the_full_share_deletes_every_candidate_as_rt_does() -> None:
+    # Prepare: 100 class samples in batches of 20 touch every step long before all are chosen
+    steps, candidates = _steps(3, 20, 400, seed=1), np.arange(100, dtype=np.int64)
+    # Execute
+    ids, share = place_on_steps(steps, candidates, fraction=1.0, total=len(steps), seed=0)
+    # Assert
+    assert ids.tolist() == candidates.tolist() and share == 1.0
 
 
 def test_placement_is_seeded() -> None:
